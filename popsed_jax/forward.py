@@ -1,0 +1,365 @@
+"""The batched, differentiable forward model: parameters theta -> noiseless AB fluxes.
+
+theta is an (N, 11) array with columns (see PARAM_NAMES / PARAM_UNITS / PARAM_BOUNDS):
+
+    z, logM, kappa1, kappa2, kappa3, t_burst, f_burst, logZ, n_dust, tau1, tau2
+
+logM = log10 of the total stellar mass formed [Msun]; kappa1..3 in [0,1] map to the flat
+Dirichlet SFH coefficients beta1..4 (``sfh.kappa_to_beta``); t_burst is the lookback time
+of the burst [Gyr]; f_burst its mass fraction; logZ = log10(Z/Zsun), Zsun = 0.019; dust as
+in ``dust``. The computation, for N galaxies at once, with no Python loop or vmap:
+
+1. SSP weights: metallicity weights (N, n_met) (linear interpolation in log Z between the
+   two neighbouring grid values, or DSPS's triweight lognormal MDF) times exact age-bin
+   masses (N, n_age) from the SFH (``sfh.age_mass_fractions``).
+2. Two matmuls with the SSP matrix (n_met*n_age, n_rest) and its young (<= 10 Myr) part:
+   all stars and young stars, rest frame, on a trimmed uniform ln(lambda) grid.
+3. Dust: L = T_diffuse * (L_all + (T_birth - 1) * L_young).
+4. Redshift: on a uniform ln(lambda) grid a redshift is a shift by ln(1+z)/dlnlam cells:
+   a per-galaxy slice plus linear interpolation puts the spectrum on the observed grid.
+5. Filters: one matmul with the (n_obs, n_bands) normalised filter matrix, then
+   (1+z) (10 pc/d_L)^2 * 10^logM, in nanomaggies.
+
+Static data (grid, bases, filters, cosmology tables) is built once by
+:func:`build_forward_model` and passed in as a pytree, never closed over.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import cosmology as cosmo_mod
+from . import dust, photometry, sfh, ssp
+
+PARAM_NAMES = ("z", "logM", "kappa1", "kappa2", "kappa3", "t_burst", "f_burst", "logZ", "n_dust", "tau1", "tau2")
+PARAM_UNITS = {
+    "z": "", "logM": "log10 Msun (formed)", "kappa1": "", "kappa2": "", "kappa3": "", "t_burst": "Gyr (lookback)",
+    "f_burst": "", "logZ": "log10 Z/Zsun (Zsun=0.019)", "n_dust": "", "tau1": "", "tau2": "",
+}
+PARAM_BOUNDS = {
+    "z": (0.0, 0.8), "logM": (7.5, 13.0), "kappa1": (0.0, 1.0), "kappa2": (0.0, 1.0), "kappa3": (0.0, 1.0),
+    "t_burst": (0.01, 13.27), "f_burst": (0.0, 1.0), "logZ": (-2.6, 0.3), "n_dust": (-3.0, 1.0),
+    "tau1": (0.0, 3.0), "tau2": (0.0, 3.0),
+}
+ZSUN = 0.019
+IDX = {n: i for i, n in enumerate(PARAM_NAMES)}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ForwardModel:
+    """Static data of the forward model (a pytree: arrays are leaves, the rest is static)."""
+
+    ssp_all: jax.Array  # (n_met*n_age, n_rest) SSP L_nu / AB0 per Msun formed, rest grid
+    ssp_young: jax.Array  # (n_met*n_young, n_rest) the same for ages <= 10 Myr
+    lgmet: jax.Array  # (n_met,) log10 Z of the grid
+    surviving: jax.Array  # (n_met, n_age) surviving mass fraction (NaN if the grid lacks it)
+    sfh: sfh.SFHTables
+    kcal: jax.Array  # (n_rest,) Calzetti k / R_V
+    dunit: jax.Array  # (n_rest,) unit-amplitude 2175 A bump / R_V
+    lnx: jax.Array  # (n_rest,) ln(lambda / 5500 A)
+    filt: jax.Array  # (n_obs, n_bands) normalised filter matrix
+    k0: jax.Array  # int scalar: rest-grid index of the first observed-grid node
+    wave_rest: jax.Array  # (n_rest,) A
+    cosmo: cosmo_mod.CosmoTable
+    bands: tuple = dataclasses.field(metadata=dict(static=True), default=())
+    dlnlam: float = dataclasses.field(metadata=dict(static=True), default=2e-3)
+    z_max: float = dataclasses.field(metadata=dict(static=True), default=0.8)
+    met_mode: str = dataclasses.field(metadata=dict(static=True), default="interp")
+    lgmet_scatter: float = dataclasses.field(metadata=dict(static=True), default=0.2)
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.bands)
+
+    @property
+    def wave_obs(self):
+        return self.wave_rest[int(self.k0):]
+
+    def flops_per_galaxy(self) -> int:
+        """Floating-point operations of the matmuls and elementwise work per galaxy."""
+        n_rest = self.ssp_all.shape[1]
+        mm = 2 * (self.ssp_all.shape[0] + self.ssp_young.shape[0]) * n_rest
+        filt = 2 * self.filt.shape[0] * self.filt.shape[1]
+        elem = 12 * n_rest  # dust exponents, products, interpolation
+        return int(mm + filt + elem)
+
+
+def build_forward_model(
+    filters=photometry.DEFAULT_FILTERS,
+    grid: ssp.SSPGrid | str | None = None,
+    bases: sfh.SFHBases | None = None,
+    z_max: float = 0.8,
+    dlnlam: float = 2e-3,
+    met_mode: str = "interp",
+    lgmet_scatter: float = 0.2,
+    cosmology: cosmo_mod.Cosmology = cosmo_mod.PLANCK15,
+    dtype=None,
+) -> ForwardModel:
+    """Build the static data of the forward model once.
+
+    filters: speclite names (list or comma-separated); grid: an SSPGrid, a path (see
+    ``ssp.load_ssp_grid``) or None for the default BC03 grid; bases: SFH bases (default: the
+    project's); z_max: largest redshift the model will see (sets the trimmed rest grid);
+    dlnlam: step of the working ln(lambda) grid (2e-3, i.e. R = 500, by default);
+    met_mode: 'interp' (linear in log Z between neighbouring grid values, FSPS zcontinuous=1)
+    or 'lognormal' (DSPS's triweight MDF of width lgmet_scatter dex); dtype: float32 by
+    default, float64 needs ``jax_enable_x64``.
+    """
+    if dtype is None:
+        dtype = jnp.float32
+    if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("float64 asked for but jax_enable_x64 is off: call jax.config.update('jax_enable_x64', True) first")
+    if met_mode not in ("interp", "lognormal"):
+        raise ValueError(f"met_mode must be 'interp' or 'lognormal', not {met_mode!r}")
+    if not isinstance(grid, ssp.SSPGrid):
+        grid = ssp.load_ssp_grid(grid)
+    bases = bases if bases is not None else sfh.load_sfh_bases()
+    curves = photometry.load_filter_curves(filters)
+    bands = tuple(n for n, _, _ in curves)
+
+    # --- wavelength grids: observed nodes are a suffix of the rest grid ---------------
+    lo, hi = photometry.filter_support(curves)
+    k0 = int(np.ceil(np.log1p(z_max) / dlnlam)) + 2
+    n_obs = int(np.ceil(np.log(hi / lo) / dlnlam)) + 1
+    ln_rest0 = np.log(lo) - k0 * dlnlam
+    n_rest = k0 + n_obs
+    edges = np.exp(ln_rest0 + dlnlam * (np.arange(n_rest + 1) - 0.5))
+    if edges[0] < grid.wave.min() or edges[-1] > grid.wave.max():
+        raise ValueError(
+            f"filters {bands} at z <= {z_max} need rest-frame {edges[0]:.0f}-{edges[-1]:.0f} A, "
+            f"beyond the SSP grid's {grid.wave.min():.0f}-{grid.wave.max():.0f} A"
+        )
+    wave_rest, flux = ssp.rebin_lnu(grid.wave, np.asarray(grid.flux, float), edges)
+    wave_obs = wave_rest[k0:]
+
+    # --- ages: drop those that can never receive mass (older than the universe) -------
+    t_u0 = float(cosmology.age(0.0)[0])
+    age_edges = sfh.ssp_age_edges(grid.lg_age_gyr)
+    n_age = int(np.searchsorted(age_edges, t_u0, side="left"))  # bins whose lower edge < t_u0
+    n_young = int(np.sum(10**grid.lg_age_gyr[:n_age] <= sfh.YOUNG_GYR * (1 + 1e-6)))
+    flux = flux[:, :n_age] / photometry.AB0_LSUN_HZ
+    n_met = grid.lgmet.size
+    surv = grid.surviving[:, :n_age] if grid.surviving is not None else np.full((n_met, n_age), np.nan)
+
+    kcal, dunit, lnx = dust.dust_basis(wave_rest)
+    f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
+    return ForwardModel(
+        ssp_all=f(flux.reshape(n_met * n_age, n_rest)),
+        ssp_young=f(flux[:, :n_young].reshape(n_met * n_young, n_rest)),
+        lgmet=f(grid.lgmet),
+        surviving=f(surv),
+        sfh=sfh.make_sfh_tables(bases, grid.lg_age_gyr[:n_age], dtype=dtype),
+        kcal=f(kcal), dunit=f(dunit), lnx=f(lnx),
+        filt=f(photometry.filter_matrix(curves, wave_obs)),
+        k0=jnp.asarray(k0, jnp.int32),
+        wave_rest=f(wave_rest),
+        cosmo=cosmo_mod.make_cosmo_table(cosmology, z_max=max(1.0, z_max + 0.2), dtype=dtype),
+        bands=bands, dlnlam=float(dlnlam), z_max=float(z_max), met_mode=met_mode, lgmet_scatter=float(lgmet_scatter),
+    )
+
+
+# ------------------------------------------------------------------------------------
+# the pure functions
+# ------------------------------------------------------------------------------------
+def _tw_cdf(x):
+    """CDF of the triweight kernel of unit width (support [-3, 3]), as DSPS uses."""
+    v = -5 * x**7 / 69984 + 7 * x**5 / 2592 - 35 * x**3 / 864 + 35 * x / 96 + 0.5
+    return jnp.where(x < -3, 0.0, jnp.where(x > 3, 1.0, v))
+
+
+def metallicity_weights(lgmet_gal, model: ForwardModel):
+    """(N,) log10 Z -> (N, n_met) weights summing to 1."""
+    g = model.lgmet
+    n = g.shape[0]
+    if model.met_mode == "interp":
+        x = jnp.clip(lgmet_gal, g[0], g[-1])
+        i = jnp.clip(jnp.searchsorted(g, x, side="right") - 1, 0, n - 2)
+        f = (x - g[i]) / (g[i + 1] - g[i])
+        idx = jnp.arange(n)
+        return (1 - f)[:, None] * (idx[None] == i[:, None]) + f[:, None] * (idx[None] == (i + 1)[:, None])
+    mids = 0.5 * (g[1:] + g[:-1])
+    lo = jnp.concatenate([jnp.array([-10.0], g.dtype), mids])
+    hi = jnp.concatenate([mids, jnp.array([10.0], g.dtype)])
+    s = model.lgmet_scatter
+    w = _tw_cdf((lgmet_gal[:, None] - lo[None]) / s) - _tw_cdf((lgmet_gal[:, None] - hi[None]) / s)
+    return w / w.sum(-1, keepdims=True)
+
+
+def ssp_weights(model: ForwardModel, theta):
+    """theta (N, 11) -> (metallicity weights (N, n_met), age-bin mass fractions (N, n_age), t_u (N,))."""
+    z = theta[:, IDX["z"]]
+    t_u = cosmo_mod.age_at_z(z, model.cosmo)
+    beta = sfh.kappa_to_beta(theta[:, 2:5])
+    mass = sfh.age_mass_fractions(beta, theta[:, IDX["t_burst"]], theta[:, IDX["f_burst"]], t_u, model.sfh)
+    wmet = metallicity_weights(theta[:, IDX["logZ"]] + np.log10(ZSUN), model)
+    return wmet, mass, t_u
+
+
+def rest_spectra(model: ForwardModel, theta):
+    """Attenuated rest-frame spectra per Msun formed, in units of AB0 (N, n_rest)."""
+    wmet, mass, _ = ssp_weights(model, theta)
+    n = theta.shape[0]
+    n_young = model.ssp_young.shape[0] // wmet.shape[1]
+    w_all = (wmet[:, :, None] * mass[:, None, :]).reshape(n, -1)
+    w_young = (wmet[:, :, None] * mass[:, None, :n_young]).reshape(n, -1)
+    l_all = w_all @ model.ssp_all
+    l_young = w_young @ model.ssp_young
+    tau_d = dust.diffuse_tau(theta[:, IDX["tau2"]], theta[:, IDX["n_dust"]], model.kcal, model.dunit, model.lnx)
+    tau_bc = dust.birth_cloud_tau(theta[:, IDX["tau1"]], model.lnx)
+    return jnp.exp(-tau_d) * (l_all + jnp.expm1(-tau_bc) * l_young)
+
+
+def redshift_to_obs_grid(spec, z, model: ForwardModel):
+    """Rest-frame spectra (N, n_rest) -> observed-frame L_nu(lam/(1+z)) on the observed nodes (N, n_obs)."""
+    n_obs = model.filt.shape[0]
+    u = jnp.log1p(z) / model.dlnlam
+    m = jnp.floor(u)
+    f = (u - m)[:, None]
+    start = model.k0 - m.astype(jnp.int32) - 1
+    seg = jax.vmap(lambda s, st: jax.lax.dynamic_slice(s, (st,), (n_obs + 1,)))(spec, start)
+    return f * seg[:, :-1] + (1 - f) * seg[:, 1:]
+
+
+def _forward(model: ForwardModel, theta):
+    spec = rest_spectra(model, theta)
+    z = theta[:, IDX["z"]]
+    band = redshift_to_obs_grid(spec, z, model) @ model.filt  # (N, n_bands), units of AB0
+    dl = cosmo_mod.lum_distance(z, model.cosmo)
+    # 1e9 nmgy/maggie * (1e-5 Mpc / d_L)^2 = 0.1 / d_L^2
+    scale = 0.1 * (1 + z) / dl**2 * 10.0 ** theta[:, IDX["logM"]]
+    return band * scale[:, None]
+
+
+def forward_fluxes(model: ForwardModel, theta, chunk_size: int | None = None):
+    """Noiseless fluxes [nanomaggies], (N, n_bands), for theta (N, 11).
+
+    Pure, jit-able and differentiable in theta. ``chunk_size`` bounds memory for large N by
+    mapping over chunks (the result is the same). Redshifts must lie in [0, model.z_max]
+    (use :func:`check_theta` outside jit).
+    """
+    theta = jnp.asarray(theta, model.ssp_all.dtype)
+    n = theta.shape[0]
+    if chunk_size is None or n <= chunk_size:
+        return _forward(model, theta)
+    n_chunks = -(-n // chunk_size)
+    pad = n_chunks * chunk_size - n
+    tp = jnp.concatenate([theta, jnp.broadcast_to(theta[:1], (pad, theta.shape[1]))]) if pad else theta
+    out = jax.lax.map(lambda t: _forward(model, t), tp.reshape(n_chunks, chunk_size, -1))
+    return out.reshape(n_chunks * chunk_size, -1)[:n]
+
+
+def forward_mags(model: ForwardModel, theta, chunk_size=None):
+    """AB magnitudes (N, n_bands) of the noiseless fluxes."""
+    return 22.5 - 2.5 * jnp.log10(forward_fluxes(model, theta, chunk_size))
+
+
+def derived_quantities(model: ForwardModel, theta) -> dict[str, Any]:
+    """Physical quantities of each galaxy, (N,) arrays.
+
+    logM_surviving: log10 of the mass in living stars and remnants as the grid counts it
+    (BC03 LIV_MSTAR_FRAC) [Msun]; sfr_100myr, sfr_10myr: SFR averaged over the last 100 and
+    10 Myr [Msun/yr]; log_ssfr_100myr: log10(sfr_100myr / surviving mass) [1/yr];
+    age_mw: formed-mass-weighted age [Gyr] over the SSP ages; t_universe [Gyr]; beta1..4.
+    """
+    theta = jnp.asarray(theta, model.ssp_all.dtype)
+    wmet, mass, t_u = ssp_weights(model, theta)
+    m_formed = 10.0 ** theta[:, IDX["logM"]]
+    surv = jnp.einsum("nm,na,ma->n", wmet, mass, model.surviving)
+    beta = sfh.kappa_to_beta(theta[:, 2:5])
+    tb, fb = theta[:, IDX["t_burst"]], theta[:, IDX["f_burst"]]
+    sfr = {}
+    for dt, name in ((0.1, "sfr_100myr"), (0.01, "sfr_10myr")):
+        sfr[name] = m_formed * sfh.mass_formed_within(dt, beta, tb, fb, t_u, model.sfh) / (dt * 1e9)
+    log_ms = theta[:, IDX["logM"]] + jnp.log10(surv)
+    out = {
+        "logM_surviving": log_ms,
+        **sfr,
+        "log_ssfr_100myr": jnp.log10(jnp.maximum(sfr["sfr_100myr"], 1e-30)) - log_ms,
+        "age_mw": jnp.sum(mass * model.sfh.age[None], -1),
+        "t_universe": t_u,
+    }
+    for k in range(beta.shape[1]):
+        out[f"beta{k + 1}"] = beta[:, k]
+    return out
+
+
+# ------------------------------------------------------------------------------------
+# named form, validation
+# ------------------------------------------------------------------------------------
+def theta_from_columns(cols) -> np.ndarray:
+    """Mapping (dict, astropy Table, structured array) of columns -> (N, 11) array.
+
+    SFH coefficients may be given as kappa1..kappa3 or as beta1..beta4 (on the simplex)."""
+    names = set(cols.keys()) if hasattr(cols, "keys") else set(cols.colnames)
+    if {"kappa1", "kappa2", "kappa3"} <= names:
+        kappa = np.stack([np.asarray(cols[f"kappa{i}"], float) for i in (1, 2, 3)], -1)
+    elif {"beta1", "beta2", "beta3", "beta4"} <= names:
+        beta = np.stack([np.asarray(cols[f"beta{i}"], float) for i in (1, 2, 3, 4)], -1)
+        s = beta.sum(-1)
+        if np.any(np.abs(s - 1) > 1e-4) or np.any(beta < -1e-8):
+            i = int(np.argmax(np.abs(s - 1)))
+            raise ValueError(f"beta1..beta4 must be non-negative and sum to 1: row {i} sums to {s[i]:.6g}")
+        kappa = np.asarray(sfh.beta_to_kappa(beta / s[:, None]))
+    else:
+        raise ValueError("parameter table needs kappa1..kappa3 or beta1..beta4 columns")
+    need = [n for n in PARAM_NAMES if not n.startswith("kappa")]
+    missing = [n for n in need if n not in names]
+    if missing:
+        raise ValueError(f"parameter table lacks column(s) {missing}; expected {list(PARAM_NAMES)} (or beta1..beta4)")
+    cols_out = {n: np.asarray(cols[n], float) for n in need}
+    cols_out.update({f"kappa{i + 1}": kappa[:, i] for i in range(3)})
+    return np.stack([cols_out[n] for n in PARAM_NAMES], -1)
+
+
+def theta_to_columns(theta) -> dict[str, np.ndarray]:
+    theta = np.asarray(theta)
+    out = {n: theta[:, i] for i, n in enumerate(PARAM_NAMES)}
+    beta = np.asarray(sfh.kappa_to_beta(theta[:, 2:5]))
+    out.update({f"beta{i + 1}": beta[:, i] for i in range(4)})
+    return out
+
+
+def check_theta(theta, model: ForwardModel | None = None, bounds=PARAM_BOUNDS) -> np.ndarray:
+    """Validate an (N, 11) parameter array outside jit; raise ValueError naming the fault."""
+    theta = np.asarray(theta, float)
+    if theta.ndim != 2 or theta.shape[1] != len(PARAM_NAMES):
+        raise ValueError(f"theta must have shape (N, {len(PARAM_NAMES)}) with columns {PARAM_NAMES}, got {theta.shape}")
+    for j, name in enumerate(PARAM_NAMES):
+        col = theta[:, j]
+        bad = ~np.isfinite(col)
+        if bad.any():
+            i = int(np.nonzero(bad)[0][0])
+            raise ValueError(f"parameter {name!r} is not finite in row {i} ({col[i]})")
+    z = theta[:, 0]
+    zmax = model.z_max if model is not None else bounds["z"][1]
+    if np.any(z <= 0) or np.any(z > zmax):
+        i = int(np.nonzero((z <= 0) | (z > zmax))[0][0])
+        raise ValueError(f"parameter 'z' = {z[i]} in row {i} is outside (0, {zmax}] (the model's z_max)")
+    for name in ("kappa1", "kappa2", "kappa3", "f_burst"):
+        col = theta[:, IDX[name]]
+        if np.any((col < 0) | (col > 1)):
+            i = int(np.nonzero((col < 0) | (col > 1))[0][0])
+            raise ValueError(f"parameter {name!r} = {col[i]} in row {i} is outside [0, 1]")
+    for name in ("t_burst",):
+        col = theta[:, IDX[name]]
+        if np.any(col <= 0):
+            i = int(np.nonzero(col <= 0)[0][0])
+            raise ValueError(f"parameter {name!r} = {col[i]} in row {i} must be > 0 Gyr")
+    for name in ("tau1", "tau2"):
+        col = theta[:, IDX[name]]
+        if np.any(col < 0):
+            i = int(np.nonzero(col < 0)[0][0])
+            raise ValueError(f"parameter {name!r} = {col[i]} in row {i} must be >= 0")
+    if model is not None:
+        lz = theta[:, IDX["logZ"]] + np.log10(ZSUN)
+        g = np.asarray(model.lgmet)
+        n_out = int(np.sum((lz < g[0] - 1e-6) | (lz > g[-1] + 1e-6)))
+        if n_out and model.met_mode == "interp":
+            warnings.warn(f"{n_out} galaxies have logZ outside the SSP grid; their metallicity is clamped to the grid edge", stacklevel=2)
+    return theta
