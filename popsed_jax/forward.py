@@ -58,6 +58,7 @@ class ForwardModel:
     ssp_all: jax.Array  # (n_met*n_age, n_rest) SSP L_nu / AB0 per Msun formed, rest grid
     ssp_young: jax.Array  # (n_met*n_young, n_rest) the same for ages <= 10 Myr
     lgmet: jax.Array  # (n_met,) log10 Z of the grid
+    lgmet_edges: jax.Array  # (n_met + 1,) metallicity-bin edges of the lognormal MDF (DSPS's)
     surviving: jax.Array  # (n_met, n_age) surviving mass fraction (NaN if the grid lacks it)
     sfh: sfh.SFHTables
     kcal: jax.Array  # (n_rest,) Calzetti k / R_V
@@ -88,6 +89,33 @@ class ForwardModel:
         filt = 2 * self.filt.shape[0] * self.filt.shape[1]
         elem = 12 * n_rest  # dust exponents, products, interpolation
         return int(mm + filt + elem)
+
+
+def wave_grid_edges(curves, z_max: float, dlnlam: float) -> tuple[np.ndarray, int]:
+    """Bin edges [A] of the trimmed rest-frame grid, uniform in ln(lambda), and k0.
+
+    Nodes k0, k0+1, ... of the rest grid are the observed-frame grid covering the filters;
+    the k0 nodes below reach down to (bluest filter wavelength) / (1 + z_max)."""
+    lo, hi = photometry.filter_support(curves)
+    k0 = int(np.ceil(np.log1p(z_max) / dlnlam)) + 2
+    n_obs = int(np.ceil(np.log(hi / lo) / dlnlam)) + 1
+    ln_rest0 = np.log(lo) - k0 * dlnlam
+    return np.exp(ln_rest0 + dlnlam * (np.arange(k0 + n_obs + 1) - 0.5)), k0
+
+
+def dsps_bin_edges(mids: np.ndarray, lo: float = -10.0, hi: float = 10.0) -> np.ndarray:
+    """Bin edges around ``mids`` exactly as DSPS's ``utils._get_bin_edges`` makes them
+    (used for its lognormal metallicity distribution function)."""
+    t = np.asarray(mids, float)
+    tm = 0.5 * (t[:-1] + t[1:])
+    dtm = np.diff(tm)
+    dt = np.zeros_like(t)
+    dt[1:-1] = dtm
+    dt[0] = tm[0] - (t[0] - (t[1] - t[0]) / 2)
+    dt[-1] = (t[-1] + dtm[-1] / 2) - tm[-1]
+    edges = np.concatenate([t - dt / 2, [hi]])
+    edges[0] = lo
+    return edges
 
 
 def build_forward_model(
@@ -124,12 +152,8 @@ def build_forward_model(
     bands = tuple(n for n, _, _ in curves)
 
     # --- wavelength grids: observed nodes are a suffix of the rest grid ---------------
-    lo, hi = photometry.filter_support(curves)
-    k0 = int(np.ceil(np.log1p(z_max) / dlnlam)) + 2
-    n_obs = int(np.ceil(np.log(hi / lo) / dlnlam)) + 1
-    ln_rest0 = np.log(lo) - k0 * dlnlam
-    n_rest = k0 + n_obs
-    edges = np.exp(ln_rest0 + dlnlam * (np.arange(n_rest + 1) - 0.5))
+    edges, k0 = wave_grid_edges(curves, z_max, dlnlam)
+    n_rest = edges.size - 1
     if edges[0] < grid.wave.min() or edges[-1] > grid.wave.max():
         raise ValueError(
             f"filters {bands} at z <= {z_max} need rest-frame {edges[0]:.0f}-{edges[-1]:.0f} A, "
@@ -153,6 +177,7 @@ def build_forward_model(
         ssp_all=f(flux.reshape(n_met * n_age, n_rest)),
         ssp_young=f(flux[:, :n_young].reshape(n_met * n_young, n_rest)),
         lgmet=f(grid.lgmet),
+        lgmet_edges=f(dsps_bin_edges(grid.lgmet)),
         surviving=f(surv),
         sfh=sfh.make_sfh_tables(bases, grid.lg_age_gyr[:n_age], dtype=dtype),
         kcal=f(kcal), dunit=f(dunit), lnx=f(lnx),
@@ -183,9 +208,7 @@ def metallicity_weights(lgmet_gal, model: ForwardModel):
         f = (x - g[i]) / (g[i + 1] - g[i])
         idx = jnp.arange(n)
         return (1 - f)[:, None] * (idx[None] == i[:, None]) + f[:, None] * (idx[None] == (i + 1)[:, None])
-    mids = 0.5 * (g[1:] + g[:-1])
-    lo = jnp.concatenate([jnp.array([-10.0], g.dtype), mids])
-    hi = jnp.concatenate([mids, jnp.array([10.0], g.dtype)])
+    lo, hi = model.lgmet_edges[:-1], model.lgmet_edges[1:]
     s = model.lgmet_scatter
     w = _tw_cdf((lgmet_gal[:, None] - lo[None]) / s) - _tw_cdf((lgmet_gal[:, None] - hi[None]) / s)
     return w / w.sum(-1, keepdims=True)
@@ -215,13 +238,15 @@ def rest_spectra(model: ForwardModel, theta):
     return jnp.exp(-tau_d) * (l_all + jnp.expm1(-tau_bc) * l_young)
 
 
-def redshift_to_obs_grid(spec, z, model: ForwardModel):
-    """Rest-frame spectra (N, n_rest) -> observed-frame L_nu(lam/(1+z)) on the observed nodes (N, n_obs)."""
-    n_obs = model.filt.shape[0]
-    u = jnp.log1p(z) / model.dlnlam
+def redshift_to_obs_grid(spec, z, k0, dlnlam: float, n_obs: int):
+    """Rest-frame spectra (N, n_rest) -> observed-frame L_nu(lam/(1+z)) on the observed nodes (N, n_obs).
+
+    On a uniform ln(lambda) grid a redshift is a shift by u = ln(1+z)/dlnlam cells: a
+    per-galaxy slice and a linear interpolation between neighbouring cells."""
+    u = jnp.log1p(z) / dlnlam
     m = jnp.floor(u)
     f = (u - m)[:, None]
-    start = model.k0 - m.astype(jnp.int32) - 1
+    start = k0 - m.astype(jnp.int32) - 1
     seg = jax.vmap(lambda s, st: jax.lax.dynamic_slice(s, (st,), (n_obs + 1,)))(spec, start)
     return f * seg[:, :-1] + (1 - f) * seg[:, 1:]
 
@@ -229,11 +254,37 @@ def redshift_to_obs_grid(spec, z, model: ForwardModel):
 def _forward(model: ForwardModel, theta):
     spec = rest_spectra(model, theta)
     z = theta[:, IDX["z"]]
-    band = redshift_to_obs_grid(spec, z, model) @ model.filt  # (N, n_bands), units of AB0
+    return observe_spectra(spec, z, 10.0 ** theta[:, IDX["logM"]], model)
+
+
+def observe_spectra(spec, z, mass, model: ForwardModel):
+    """Rest-frame L_nu / AB0 per unit mass (N, n_rest) on the model's rest grid, at redshifts z (N,),
+    scaled by mass (N,) -> fluxes in nanomaggies (N, n_bands)."""
+    obs = redshift_to_obs_grid(spec, z, model.k0, model.dlnlam, model.filt.shape[0])
+    band = obs @ model.filt  # (N, n_bands): <L_nu>_filter / AB0
     dl = cosmo_mod.lum_distance(z, model.cosmo)
     # 1e9 nmgy/maggie * (1e-5 Mpc / d_L)^2 = 0.1 / d_L^2
-    scale = 0.1 * (1 + z) / dl**2 * 10.0 ** theta[:, IDX["logM"]]
-    return band * scale[:, None]
+    return band * (0.1 * (1 + z) / dl**2 * mass)[:, None]
+
+
+def spectrum_fluxes(wave, lnu, z, filters=photometry.DEFAULT_FILTERS, cosmology=cosmo_mod.PLANCK15, dlnlam=2e-3, dtype=None):
+    """Fluxes [nanomaggies] of one rest-frame spectrum observed at several redshifts.
+
+    wave: (n,) A; lnu: (n,) Lsun/Hz; z: (n_z,). The spectrum is rebinned (conserving flux)
+    onto the same trimmed ln(lambda) grid the forward model uses, so this is the forward
+    model's photometry applied to an arbitrary spectrum. Returns (n_z, n_bands)."""
+    dtype = dtype or jnp.float32
+    curves = photometry.load_filter_curves(filters)
+    z = np.atleast_1d(np.asarray(z, float))
+    z_max = max(float(z.max()), 1e-3)
+    edges, k0 = wave_grid_edges(curves, z_max, dlnlam)
+    _, l_rest = ssp.rebin_lnu(np.asarray(wave, float), np.asarray(lnu, float), edges)
+    filt = photometry.filter_matrix(curves, np.sqrt(edges[1:] * edges[:-1])[k0:])
+    table = cosmo_mod.make_cosmo_table(cosmology, z_max=max(1.0, z_max + 0.2), dtype=dtype)
+    spec = jnp.broadcast_to(jnp.asarray(l_rest / photometry.AB0_LSUN_HZ, dtype), (z.size, l_rest.size))
+    zz = jnp.asarray(z, dtype)
+    obs = redshift_to_obs_grid(spec, zz, k0, dlnlam, filt.shape[0]) @ jnp.asarray(filt, dtype)
+    return obs * (0.1 * (1 + zz) / cosmo_mod.lum_distance(zz, table) ** 2)[:, None]
 
 
 def forward_fluxes(model: ForwardModel, theta, chunk_size: int | None = None):

@@ -33,13 +33,18 @@ def available_filter_names() -> list[str]:
 
 
 def load_filter_curves(names) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Load speclite filters by name -> list of (name, wavelength [A], response)."""
+    """Load speclite filters by name -> list of (name, wavelength [A], response).
+
+    An item may also be a (name, wavelength, response) tuple, used as it is."""
     import speclite.filters as sf
 
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     out = []
     for n in names:
+        if isinstance(n, tuple):  # (name, wavelength [A], response) given directly
+            out.append((n[0], np.asarray(n[1], float), np.asarray(n[2], float)))
+            continue
         try:
             f = sf.load_filter(n)
         except Exception as err:  # speclite raises ValueError/RuntimeError/FileNotFoundError
