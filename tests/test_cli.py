@@ -48,3 +48,11 @@ def test_ssp_info(capsys):
     assert main(["ssp", "info"]) == 0
     out = capsys.readouterr().out
     assert "(7, 220" in out and "metallicity" in out
+
+
+def test_catalog_info_cli(capsys):
+    from popsed_jax.catalog import default_sdss_path
+
+    assert main(["catalog", "info", str(default_sdss_path())]) == 0
+    out = capsys.readouterr().out
+    assert "10000" in out and "sdss2010-r" in out and "depth" in out

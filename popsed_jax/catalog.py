@@ -1,0 +1,672 @@
+"""Survey catalogs: reading, validating, writing and summarizing photometry.
+
+Conventions
+-----------
+* Fluxes are AB nanomaggies (``m = 22.5 - 2.5 log10(f)``), corrected for
+  Galactic extinction, float64, shape ``(N, B)``.
+* Errors are 1-sigma flux errors in nanomaggies, finite and strictly positive.
+* Bands are full ``speclite`` filter names (``'sdss2010-r'``, ``'twomass-Ks'``,
+  ``'galex-nuv'``...).
+* Bad rows are either refused with a ``ValueError`` naming the column, band and
+  value at fault, or (``on_bad='drop'``) dropped and counted in
+  ``meta['dropped']`` as ``{"<band>: <reason>": count}``. A row failing several
+  checks is counted once, under the first failing band/check (bands in order).
+"""
+from __future__ import annotations
+
+import difflib
+from contextlib import nullcontext
+import functools
+import json
+import os
+from dataclasses import dataclass, field, replace
+from importlib import resources
+
+import numpy as np
+
+__all__ = [
+    "Catalog", "ZP_NMGY", "mag_to_flux", "flux_to_mag", "magerr_to_fluxerr",
+    "speclite_filter_names", "validate_filter_names", "read_sdss_main",
+    "read_table", "write_catalog", "read_catalog", "catalog_subset",
+    "catalog_summary", "format_summary", "catalog_info_main",
+    "binned_medians", "fit_variance_quadratic",
+    "default_sdss_path",
+]
+
+ZP_NMGY = 22.5  # AB magnitude of 1 nanomaggy
+
+# SDSS main-sample conventions (DR7 photometry as shipped by kcorrect).
+SDSS_FILTERS = {b: f"sdss2010-{b}" for b in "ugriz"}
+# m_AB = m_SDSS + offset  (u_AB = u_SDSS - 0.04, z_AB = z_SDSS + 0.02)
+SDSS_AB_OFFSET = {"u": -0.04, "g": 0.0, "r": 0.0, "i": 0.0, "z": 0.02}
+# SFD98 A_b / E(B-V) used by the SDSS pipeline for EXTINCTION (ugriz).
+SDSS_EXT_COEFF = {"u": 5.155, "g": 3.793, "r": 2.751, "i": 2.086, "z": 1.479}
+# Extra bands in the kcorrect file: (speclite name, kind, columns, Vega->AB or
+# zero point, A_b / E(B-V)).
+#  * 2MASS XSC extended magnitudes are Vega; AB - Vega = 0.91, 1.39, 1.85
+#    (Blanton & Roweis 2007, kcorrect k_vega2ab); A/E(B-V) = 0.902, 0.576,
+#    0.367 (SFD98 table 6, as in kcorrect twomass_to_maggies).
+#  * GALEX FLUX_AUTO is in counts/s; m_AB = ZP - 2.5 log10(cps) with
+#    ZP = 18.82 (FUV), 20.08 (NUV) (Morrissey et al. 2007);
+#    A/E(B-V) = 8.24 (FUV), 8.20 (NUV) (Wyder et al. 2007).
+_SDSS_EXTRA = {
+    "twomass-J": ("vega_mag", ("J_M_EXT", "J_MSIG_EXT"), 0.91, 0.902),
+    "twomass-H": ("vega_mag", ("H_M_EXT", "H_MSIG_EXT"), 1.39, 0.576),
+    "twomass-Ks": ("vega_mag", ("K_M_EXT", "K_MSIG_EXT"), 1.85, 0.367),
+    "galex-nuv": ("cps", ("NUV_FLUX_AUTO", "NUV_FLUXERR_AUTO"), 20.08, 8.20),
+    "galex-fuv": ("cps", ("FUV_FLUX_AUTO", "FUV_FLUXERR_AUTO"), 18.82, 8.24),
+}
+_EXTRA_ALIASES = {
+    "j": "twomass-J", "2mass-j": "twomass-J", "twomass-j": "twomass-J",
+    "h": "twomass-H", "2mass-h": "twomass-H", "twomass-h": "twomass-H",
+    "k": "twomass-Ks", "ks": "twomass-Ks", "2mass-k": "twomass-Ks",
+    "2mass-ks": "twomass-Ks", "twomass-k": "twomass-Ks", "twomass-ks": "twomass-Ks",
+    "nuv": "galex-nuv", "galex-nuv": "galex-nuv",
+    "fuv": "galex-fuv", "galex-fuv": "galex-fuv",
+}
+
+# Flux units -> nanomaggies factor (AB: 1 nmgy = 3.631 uJy).
+_UNIT_TO_NMGY = {
+    "nanomaggies": 1.0, "nmgy": 1.0, "maggies": 1e9,
+    "jy": 1e9 / 3631.0, "mjy": 1e6 / 3631.0, "ujy": 1e3 / 3631.0,
+    "njy": 1.0 / 3631.0,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Catalog:
+    """Photometric catalog (see module docstring for units).
+
+    flux, flux_err: (N, B) float64 nanomaggies; bands: B speclite names;
+    z_spec: (N,) or None; extinction: (N, B) mag applied, or None;
+    ids: (N,) row identifiers; meta: 'source', 'n_input', 'dropped', ...
+    """
+
+    flux: np.ndarray
+    flux_err: np.ndarray
+    bands: tuple
+    z_spec: np.ndarray | None = None
+    extinction: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        flux = np.asarray(self.flux, dtype=np.float64)
+        err = np.asarray(self.flux_err, dtype=np.float64)
+        bands = tuple(str(b) for b in self.bands)
+        if flux.ndim != 2 or flux.shape != err.shape or flux.shape[1] != len(bands):
+            raise ValueError(
+                f"flux {flux.shape} and flux_err {err.shape} must both be (N, B) "
+                f"with B = len(bands) = {len(bands)}")
+        if not np.all(np.isfinite(err) & (err > 0)):
+            raise ValueError("flux_err must be finite and > 0 everywhere")
+        n = flux.shape[0]
+        object.__setattr__(self, "flux", flux)
+        object.__setattr__(self, "flux_err", err)
+        object.__setattr__(self, "bands", bands)
+        for name, shape in (("z_spec", (n,)), ("extinction", (n, len(bands))),
+                            ("ids", (n,))):
+            v = getattr(self, name)
+            if v is not None:
+                v = np.asarray(v)
+                if name != "ids":
+                    v = v.astype(np.float64)
+                if v.shape != shape:
+                    raise ValueError(f"{name} has shape {v.shape}, expected {shape}")
+                object.__setattr__(self, name, v)
+        if self.ids is None:
+            object.__setattr__(self, "ids", np.arange(n, dtype=np.int64))
+        object.__setattr__(self, "meta", dict(self.meta))
+
+    @property
+    def n(self) -> int:
+        """Number of objects N."""
+        return self.flux.shape[0]
+
+    @property
+    def n_bands(self) -> int:
+        """Number of bands B."""
+        return self.flux.shape[1]
+
+
+# --------------------------------------------------------------------------
+# magnitudes <-> fluxes
+# --------------------------------------------------------------------------
+
+def mag_to_flux(mag, zero_point=ZP_NMGY):
+    """AB magnitude -> flux in units of the zero point (nanomaggies by default)."""
+    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - zero_point))
+
+
+def flux_to_mag(flux, zero_point=ZP_NMGY):
+    """Flux (nanomaggies) -> AB magnitude; NaN for non-positive flux."""
+    f = np.asarray(flux, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(f > 0, zero_point - 2.5 * np.log10(np.where(f > 0, f, 1.0)),
+                        np.nan)
+
+
+def magerr_to_fluxerr(flux, mag_err):
+    """1-sigma magnitude error -> flux error, sigma_f = (0.4 ln 10) |f| sigma_m."""
+    return 0.4 * np.log(10.0) * np.abs(flux) * np.asarray(mag_err, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------
+# filter names
+# --------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def speclite_filter_names() -> tuple:
+    """All filter names shipped with speclite, e.g. 'sdss2010-r'."""
+    root = resources.files("speclite").joinpath("data").joinpath("filters")
+    return tuple(sorted(p.name[:-5] for p in root.iterdir()
+                        if p.name.endswith(".ecsv")))
+
+
+def validate_filter_names(names) -> tuple:
+    """Check names against speclite (or existing .ecsv files); ValueError lists close matches."""
+    known = speclite_filter_names()
+    for name in names:
+        if name in known or (str(name).endswith(".ecsv") and os.path.exists(name)):
+            continue
+        close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
+        if not close:
+            close = [k for k in known if str(name).lower() in k.lower()][:5]
+        raise ValueError(
+            f"unknown filter name {name!r}: not a speclite filter"
+            + (f"; close matches: {', '.join(close)}" if close else "")
+            + "; see speclite.filters.filter_group_names for groups")
+    return tuple(names)
+
+
+# --------------------------------------------------------------------------
+# SDSS main sample (kcorrect file)
+# --------------------------------------------------------------------------
+
+def default_sdss_path():
+    """Path of the packaged SDSS main-sample file (10,000 galaxies, from kcorrect)."""
+    return resources.files("popsed_jax").joinpath("data").joinpath("sdss_main_kcorrect.fits")
+
+
+def _mark(bad, reason, drop_reason, dropped):
+    """Assign `reason` to rows newly flagged in `bad` (first reason wins)."""
+    new = bad & (drop_reason < 0)
+    if new.any():
+        dropped.append((reason, int(new.sum())))
+        drop_reason[new] = len(dropped) - 1
+
+
+def read_sdss_main(path=None, bands=("u", "g", "r", "i", "z"), flux="MODELFLUX",
+                   extra=()) -> Catalog:
+    """Read the kcorrect SDSS main-sample file into a :class:`Catalog`.
+
+    flux: 'MODELFLUX' or 'PETROFLUX' (nanomaggies, with ``*_IVAR``). Fluxes and
+    errors are multiplied by 10^(0.4 EXTINCTION) and put on AB
+    (u_AB = u_SDSS - 0.04, z_AB = z_SDSS + 0.02). extra: any of 'twomass-J',
+    'twomass-H', 'twomass-Ks', 'galex-nuv', 'galex-fuv' (aliases 'J', 'H',
+    'K'/'Ks', 'NUV', 'FUV', '2mass-J'...): 2MASS Vega magnitudes and GALEX
+    counts/s are converted to AB nanomaggies, dereddened with E(B-V) =
+    EXTINCTION_r / 2.751. Rows with ivar <= 0, non-finite flux, or a missing
+    extra band (GALEX is sparse: ~8% of rows) are dropped and counted.
+    """
+    from astropy.table import Table
+
+    src = default_sdss_path() if path is None else path
+    with resources.as_file(src) if path is None else nullcontext(src) as p:
+        tab = Table.read(p, format="fits")
+        source = str(path) if path is not None else "popsed_jax/data/sdss_main_kcorrect.fits"
+    flux = flux.upper()
+    if flux not in ("MODELFLUX", "PETROFLUX"):
+        raise ValueError(f"flux must be 'MODELFLUX' or 'PETROFLUX', got {flux!r}")
+    for col in (flux, flux + "_IVAR", "EXTINCTION", "Z"):
+        if col not in tab.colnames:
+            raise ValueError(f"column {col!r} missing from {source}; have {tab.colnames}")
+    n = len(tab)
+    idx = []
+    for b in bands:
+        if b not in SDSS_FILTERS:
+            raise ValueError(f"unknown SDSS band {b!r}: use a subset of 'ugriz'")
+        idx.append("ugriz".index(b))
+    f_all = np.asarray(tab[flux], dtype=np.float64)
+    iv_all = np.asarray(tab[flux + "_IVAR"], dtype=np.float64)
+    ext_all = np.asarray(tab["EXTINCTION"], dtype=np.float64)
+    ebv = ext_all[:, 2] / SDSS_EXT_COEFF["r"]
+
+    names, cols_f, cols_e, cols_a = [], [], [], []
+    dropped, drop_reason = [], np.full(n, -1)
+    for b, i in zip(bands, idx):
+        name = SDSS_FILTERS[b]
+        f, iv, a = f_all[:, i], iv_all[:, i], ext_all[:, i]
+        _mark(~np.isfinite(f), f"{name}: non-finite {flux}", drop_reason, dropped)
+        _mark(~(iv > 0) | ~np.isfinite(iv), f"{name}: {flux}_IVAR <= 0", drop_reason,
+              dropped)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sig = 1.0 / np.sqrt(np.where(iv > 0, iv, np.nan))
+        scale = 10.0 ** (0.4 * a) * 10.0 ** (-0.4 * SDSS_AB_OFFSET[b])
+        names.append(name)
+        cols_f.append(f * scale)
+        cols_e.append(sig * scale)
+        cols_a.append(a)
+    for e in extra:
+        key = _EXTRA_ALIASES.get(str(e).lower(), e)
+        if key not in _SDSS_EXTRA:
+            raise ValueError(f"unknown extra band {e!r}; available: {list(_SDSS_EXTRA)}")
+        kind, (cm, ce), zp, coeff = _SDSS_EXTRA[key]
+        m, s = (np.asarray(tab[c], dtype=np.float64) for c in (cm, ce))
+        a = coeff * ebv
+        if kind == "vega_mag":  # 0 means no measurement
+            bad = ~(np.isfinite(m) & np.isfinite(s) & (m > 0) & (s > 0))
+            _mark(bad, f"{key}: missing ({cm} or {ce} <= 0)", drop_reason, dropped)
+            fl = mag_to_flux(m + zp - a)
+            er = magerr_to_fluxerr(fl, s)
+        else:  # GALEX counts/s; 0 and -99 mean no detection / not observed
+            bad = ~(np.isfinite(m) & np.isfinite(s) & (m != 0) & (m > -99) & (s > 0))
+            _mark(bad, f"{key}: missing ({cm} <= -99 or 0, or {ce} <= 0)",
+                  drop_reason, dropped)
+            fac = 10.0 ** (-0.4 * (zp - ZP_NMGY - a))
+            fl, er = m * fac, s * fac
+        names.append(key)
+        cols_f.append(fl)
+        cols_e.append(er)
+        cols_a.append(a)
+    z = np.asarray(tab["Z"], dtype=np.float64)
+    _mark(~np.isfinite(z), "z_spec: non-finite Z", drop_reason, dropped)
+    keep = drop_reason < 0
+    if not keep.any():
+        raise ValueError(f"no rows left in {source} after dropping: {dict(dropped)}")
+    meta = dict(source=source, n_input=n, dropped=dict(dropped), flux_type=flux,
+                extinction_corrected=True,
+                ab_offsets={SDSS_FILTERS[b]: SDSS_AB_OFFSET[b] for b in bands})
+    return Catalog(flux=np.stack(cols_f, 1)[keep], flux_err=np.stack(cols_e, 1)[keep],
+                   bands=tuple(names), z_spec=z[keep],
+                   extinction=np.stack(cols_a, 1)[keep],
+                   ids=np.arange(n, dtype=np.int64)[keep], meta=meta)
+
+
+# --------------------------------------------------------------------------
+# generic tables
+# --------------------------------------------------------------------------
+
+def _as_table(path_or_table, format=None):
+    from astropy.table import Table
+    if isinstance(path_or_table, Table):
+        return path_or_table, "<table>"
+    path = os.fspath(path_or_table)
+    fmt = format or _guess_format(path)
+    kw = {"path": "catalog"} if fmt == "hdf5" else {}
+    return Table.read(path, format=fmt, **kw), path
+
+
+def _col(tab, name, what):
+    if name not in tab.colnames:
+        close = difflib.get_close_matches(name, tab.colnames, n=3, cutoff=0.5)
+        raise ValueError(
+            f"missing column {name!r} ({what}); "
+            + (f"close matches: {close}; " if close else "")
+            + f"available: {tab.colnames}")
+    col = tab[name]
+    if getattr(col, "mask", None) is not None and np.any(col.mask):
+        return np.ma.filled(col.astype(np.float64), np.nan)
+    return np.asarray(col, dtype=np.float64)
+
+
+def _flux_factor(unit, zero_point, what):
+    u = str(unit).lower()
+    if u in ("zp", "zeropoint", "zero_point"):
+        return 10.0 ** (-0.4 * (zero_point - ZP_NMGY))
+    if u not in _UNIT_TO_NMGY:
+        raise ValueError(
+            f"unknown {what} {unit!r}; use one of {sorted(_UNIT_TO_NMGY)}, 'mag' or "
+            "'zp' (flux with AB zero point `zero_point`)")
+    return _UNIT_TO_NMGY[u]
+
+
+def read_table(path_or_table, bands, *, flux_cols=None, err_cols=None, ivar_cols=None,
+               unit="nanomaggies", err_unit=None, z_col=None, extinction_cols=None,
+               zero_point=ZP_NMGY, on_bad="raise", id_col=None, format=None) -> Catalog:
+    """Build a :class:`Catalog` from any astropy-readable table.
+
+    bands: list of B speclite filter names, or dict {filter name: flux column}.
+    flux_cols / err_cols (1-sigma) or ivar_cols: B column names each.
+    unit: 'nanomaggies', 'maggies', 'Jy', 'mJy', 'uJy', 'nJy', 'mag' (AB) or
+    'zp' (m_AB = zero_point - 2.5 log10 f). err_unit: unit of err_cols
+    (default = unit; 'mag' means magnitude errors). extinction_cols: Galactic
+    extinction [mag] per band, applied as f * 10^(0.4 A). on_bad: 'raise'
+    (ValueError naming column, band and value) or 'drop' (count per reason).
+    """
+    if on_bad not in ("raise", "drop"):
+        raise ValueError(f"on_bad must be 'raise' or 'drop', got {on_bad!r}")
+    tab, source = _as_table(path_or_table, format)
+    if isinstance(bands, dict):
+        if flux_cols is None:
+            flux_cols = list(bands.values())
+        bands = list(bands.keys())
+    bands = [str(b) for b in bands]
+    if not bands:
+        raise ValueError("no bands given")
+    if len(set(bands)) != len(bands):
+        raise ValueError(f"duplicate band names in {bands}")
+    validate_filter_names(bands)
+    if flux_cols is None:
+        raise ValueError("flux_cols is required (or pass bands as {filter: column})")
+    if (err_cols is None) == (ivar_cols is None):
+        raise ValueError("give exactly one of err_cols or ivar_cols")
+    for what, cols in (("flux_cols", flux_cols), ("err_cols", err_cols),
+                       ("ivar_cols", ivar_cols), ("extinction_cols", extinction_cols)):
+        if cols is not None and len(cols) != len(bands):
+            raise ValueError(f"{what} has {len(cols)} entries for {len(bands)} bands")
+    n = len(tab)
+    if n == 0:
+        raise ValueError(f"empty table ({source}): 0 rows")
+    unit = str(unit)
+    err_unit = unit if err_unit is None else str(err_unit)
+    is_mag = unit.lower() == "mag"
+    fac = None if is_mag else _flux_factor(unit, zero_point, "unit")
+    if ivar_cols is not None and err_unit.lower() == "mag":
+        raise ValueError("ivar_cols must be in flux units, not 'mag'")
+    efac = None if err_unit.lower() == "mag" else _flux_factor(err_unit, zero_point,
+                                                               "err_unit")
+
+    problems = []  # (reason, bad mask, column, values)
+    fl_out, er_out, ext_out = [], [], []
+    for k, band in enumerate(bands):
+        fc = flux_cols[k]
+        v = _col(tab, fc, f"flux of {band}")
+        if is_mag:
+            problems.append((f"{band}: non-finite magnitude in {fc}", ~np.isfinite(v),
+                             fc, v))
+            problems.append((f"{band}: sentinel magnitude (|m| >= 50) in {fc}",
+                             np.abs(v) >= 50, fc, v))
+            f = mag_to_flux(np.where(np.isfinite(v) & (np.abs(v) < 50), v, 99.0))
+        else:
+            problems.append((f"{band}: non-finite flux in {fc}", ~np.isfinite(v), fc, v))
+            f = v * fac
+        if ivar_cols is not None:
+            ec = ivar_cols[k]
+            iv = _col(tab, ec, f"inverse variance of {band}")
+            problems.append((f"{band}: non-finite ivar in {ec}", ~np.isfinite(iv), ec, iv))
+            problems.append((f"{band}: ivar <= 0 in {ec}", iv <= 0, ec, iv))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                e = 1.0 / np.sqrt(np.where(iv > 0, iv, np.nan)) * efac
+        else:
+            ec = err_cols[k]
+            ev = _col(tab, ec, f"error of {band}")
+            problems.append((f"{band}: non-finite error in {ec}", ~np.isfinite(ev), ec, ev))
+            problems.append((f"{band}: error <= 0 in {ec}", ev <= 0, ec, ev))
+            e = magerr_to_fluxerr(f, ev) if efac is None else ev * efac
+            if efac is None:
+                problems.append((f"{band}: zero flux with a magnitude error in {ec}",
+                                 (f == 0) & (ev > 0), ec, ev))
+        if extinction_cols is not None:
+            ac = extinction_cols[k]
+            a = _col(tab, ac, f"extinction of {band}")
+            problems.append((f"{band}: non-finite extinction in {ac}", ~np.isfinite(a),
+                             ac, a))
+            f, e = f * 10 ** (0.4 * a), e * 10 ** (0.4 * a)
+            ext_out.append(a)
+        fl_out.append(f)
+        er_out.append(e)
+    z = None
+    if z_col is not None:
+        z = _col(tab, z_col, "redshift")
+        problems.append((f"z_spec: non-finite redshift in {z_col}", ~np.isfinite(z),
+                         z_col, z))
+    if id_col is not None:
+        if id_col not in tab.colnames:
+            _col(tab, id_col, "id")  # raises, naming the column
+        ids = np.asarray(tab[id_col])
+    else:
+        ids = np.arange(n, dtype=np.int64)
+
+    dropped, drop_reason = [], np.full(n, -1)
+    for reason, bad, col, vals in problems:
+        bad = np.asarray(bad, dtype=bool)
+        if on_bad == "raise" and bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{reason}: {int(bad.sum())} of {n} rows, first at row {i} "
+                f"(column {col!r} = {_scalar(vals[i])!r}); fix the input or use on_bad='drop'")
+        _mark(bad, reason, drop_reason, dropped)
+    keep = drop_reason < 0
+    if not keep.any():
+        raise ValueError(f"no rows left after dropping bad rows: {dict(dropped)}")
+    meta = dict(source=source, n_input=n, dropped=dict(dropped),
+                extinction_corrected=extinction_cols is not None, input_unit=unit)
+    return Catalog(flux=np.stack(fl_out, 1)[keep], flux_err=np.stack(er_out, 1)[keep],
+                   bands=tuple(bands), z_spec=None if z is None else z[keep],
+                   extinction=None if extinction_cols is None else np.stack(ext_out, 1)[keep],
+                   ids=ids[keep], meta=meta)
+
+
+def _scalar(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def catalog_subset(cat: Catalog, keep, reason: str | None = None) -> Catalog:
+    """Rows of `cat` where boolean (N,) `keep` is True (or integer indices).
+
+    If `reason` is given, the removed rows are counted in meta['dropped'][reason].
+    Raises ValueError if nothing is left.
+    """
+    keep = np.asarray(keep)
+    if keep.dtype == bool:
+        if keep.shape != (cat.n,):
+            raise ValueError(f"mask shape {keep.shape} != ({cat.n},)")
+        n_keep = int(keep.sum())
+    else:
+        n_keep = keep.size
+    if n_keep == 0:
+        raise ValueError(
+            f"empty selection: {reason or 'subset'} keeps 0 of {cat.n} objects")
+    meta = dict(cat.meta)
+    if reason is not None:
+        d = dict(meta.get("dropped", {}))
+        d[reason] = d.get(reason, 0) + cat.n - n_keep
+        meta["dropped"] = d
+    opt = lambda a: None if a is None else a[keep]  # noqa: E731
+    return Catalog(flux=cat.flux[keep], flux_err=cat.flux_err[keep], bands=cat.bands,
+                   z_spec=opt(cat.z_spec), extinction=opt(cat.extinction),
+                   ids=opt(cat.ids), meta=meta)
+
+
+# --------------------------------------------------------------------------
+# writing / reading the project's own format
+# --------------------------------------------------------------------------
+
+_FORMATS = {".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".ecsv": "ascii.ecsv",
+            ".h5": "hdf5", ".hdf5": "hdf5", ".csv": "ascii.csv",
+            ".parquet": "parquet", ".vot": "votable", ".xml": "votable"}
+
+
+def _guess_format(path):
+    p = str(path).lower()
+    for ext in sorted(_FORMATS, key=len, reverse=True):
+        if p.endswith(ext):
+            return _FORMATS[ext]
+    return None  # let astropy guess
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def write_catalog(cat: Catalog, path, format=None) -> None:
+    """Write `cat` to `path` (FITS, ECSV, HDF5, CSV, ...; format from the extension).
+
+    Columns: id, flux_<band>, flux_err_<band>, [extinction_<band>], [z_spec].
+    Bands and meta go to table meta keys PSBANDS / PSMETA (JSON strings).
+    """
+    from astropy.table import Table
+    t = Table()
+    t["id"] = cat.ids
+    for k, b in enumerate(cat.bands):
+        t[f"flux_{b}"] = cat.flux[:, k]
+        t[f"flux_err_{b}"] = cat.flux_err[:, k]
+    if cat.extinction is not None:
+        for k, b in enumerate(cat.bands):
+            t[f"extinction_{b}"] = cat.extinction[:, k]
+    if cat.z_spec is not None:
+        t["z_spec"] = cat.z_spec
+    t.meta["PSBANDS"] = json.dumps(list(cat.bands))
+    t.meta["PSMETA"] = json.dumps(cat.meta, default=_json_default)
+    fmt = format or _guess_format(path)
+    kw = dict(path="catalog", serialize_meta=True) if fmt == "hdf5" else {}
+    t.write(path, format=fmt, overwrite=True, **kw)
+
+
+def read_catalog(path, format=None) -> Catalog:
+    """Read a catalog written by :func:`write_catalog` (bands inferred from
+    column names when the format drops table meta, e.g. CSV)."""
+    tab, source = _as_table(path, format)
+    if "PSBANDS" in tab.meta:
+        bands = json.loads(tab.meta["PSBANDS"])
+    else:
+        bands = [c[len("flux_"):] for c in tab.colnames
+                 if c.startswith("flux_") and not c.startswith("flux_err_")]
+    if not bands:
+        raise ValueError(f"{source}: no flux_<band> columns; not a popsed-jax catalog")
+    meta = json.loads(tab.meta["PSMETA"]) if "PSMETA" in tab.meta else {"source": source}
+    for b in bands:
+        for c in (f"flux_{b}", f"flux_err_{b}"):
+            _col(tab, c, f"band {b}")
+    has_ext = all(f"extinction_{b}" in tab.colnames for b in bands)
+    return Catalog(
+        flux=np.stack([np.asarray(tab[f"flux_{b}"], np.float64) for b in bands], 1),
+        flux_err=np.stack([np.asarray(tab[f"flux_err_{b}"], np.float64) for b in bands], 1),
+        bands=tuple(bands),
+        z_spec=np.asarray(tab["z_spec"], np.float64) if "z_spec" in tab.colnames else None,
+        extinction=(np.stack([np.asarray(tab[f"extinction_{b}"], np.float64)
+                              for b in bands], 1) if has_ext else None),
+        ids=np.asarray(tab["id"]) if "id" in tab.colnames else None, meta=meta)
+
+
+# --------------------------------------------------------------------------
+# summaries
+# --------------------------------------------------------------------------
+
+def binned_medians(flux, flux_err, n_bins=20, min_per_bin=50):
+    """Equal-count bins in log10 flux over objects with flux > 0.
+
+    flux, flux_err: (N,) nanomaggies. Returns (bin index per object (-1 if
+    flux <= 0), median flux per bin (K,), median sigma^2 per bin (K,)), with
+    K = min(n_bins, n_pos // min_per_bin) >= 1.
+    """
+    f = np.asarray(flux, np.float64)
+    e = np.asarray(flux_err, np.float64)
+    pos = f > 0
+    n_pos = int(pos.sum())
+    if n_pos < max(min_per_bin, 3):
+        raise ValueError(f"too few objects with flux > 0 ({n_pos}) to bin")
+    k = int(max(1, min(n_bins, n_pos // min_per_bin)))
+    lf = np.log10(f[pos])
+    edges = np.quantile(lf, np.linspace(0, 1, k + 1))
+    ib = np.clip(np.searchsorted(edges, lf, side="right") - 1, 0, k - 1)
+    idx = np.full(f.shape, -1)
+    idx[pos] = ib
+    fm = np.array([np.median(f[pos][ib == i]) for i in range(k)])
+    s2 = np.array([np.median(e[pos][ib == i] ** 2) for i in range(k)])
+    return idx, fm, s2
+
+
+def fit_variance_quadratic(flux_med, var_med):
+    """Non-negative fit of sigma^2 = a + b f + c f^2 to binned medians.
+
+    flux_med, var_med: (K,) nanomaggies and nanomaggies^2. Relative residuals
+    are minimized. Returns (a [nmgy^2], b [nmgy], c [dimensionless]) as (3,).
+    """
+    from scipy.optimize import nnls
+    fm = np.asarray(flux_med, np.float64)
+    s2 = np.asarray(var_med, np.float64)
+    design = np.stack([np.ones_like(fm), fm, fm ** 2], 1) / s2[:, None]
+    coef, _ = nnls(design, np.ones_like(fm))
+    return coef
+
+
+def _depth_5sigma(flux, err):
+    """5-sigma limiting AB mag: 5 x median error of objects with 3 < S/N < 7
+    (>= 20 of them), else extrapolated from sigma^2 = a + b f + c f^2."""
+    snr = flux / err
+    near = (snr > 3) & (snr < 7)
+    if near.sum() >= 20:
+        return float(flux_to_mag(5 * np.median(err[near]))), "median error at 3<S/N<7"
+    try:
+        _, fm, s2 = binned_medians(flux, err)
+        a, b, c = fit_variance_quadratic(fm, s2)
+    except ValueError:
+        return float("nan"), "too few objects"
+    # f = 5 sqrt(a + b f + c f^2)  ->  (1 - 25 c) f^2 - 25 b f - 25 a = 0
+    qa, qb, qc = 1 - 25 * c, -25 * b, -25 * a
+    if qa <= 0 or a <= 0:
+        return float("nan"), "unconstrained (no sky term in the error fit)"
+    f5 = (-qb + np.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa)
+    return float(flux_to_mag(f5)), "extrapolated from sigma^2 = a + b f + c f^2"
+
+
+def catalog_summary(cat: Catalog) -> dict:
+    """Plain-dict summary: counts, per-band depth and median mag, z_spec, drops."""
+    per_band = {}
+    for k, b in enumerate(cat.bands):
+        f, e = cat.flux[:, k], cat.flux_err[:, k]
+        depth, how = _depth_5sigma(f, e)
+        per_band[b] = dict(
+            median_mag=float(np.nanmedian(flux_to_mag(f))),
+            median_snr=float(np.median(f / e)),
+            depth_5sigma_mag=depth, depth_method=how,
+            n_nonpositive_flux=int((f <= 0).sum()))
+    d = dict(n=cat.n, n_input=int(cat.meta.get("n_input", cat.n)),
+             bands=list(cat.bands), source=str(cat.meta.get("source", "")),
+             dropped=dict(cat.meta.get("dropped", {})), per_band=per_band,
+             frac_z_spec=0.0, z_spec_median=None, z_spec_range=None)
+    if cat.z_spec is not None:
+        ok = np.isfinite(cat.z_spec) & (cat.z_spec > 0)
+        d["frac_z_spec"] = float(ok.mean())
+        if ok.any():
+            d["z_spec_median"] = float(np.median(cat.z_spec[ok]))
+            d["z_spec_range"] = [float(cat.z_spec[ok].min()), float(cat.z_spec[ok].max())]
+    return d
+
+
+def format_summary(d: dict) -> str:
+    """Human-readable text of :func:`catalog_summary`'s dict."""
+    lines = [f"source: {d['source']}",
+             f"objects: {d['n']} kept of {d['n_input']} read",
+             f"bands ({len(d['bands'])}): {', '.join(d['bands'])}"]
+    if d["dropped"]:
+        lines.append("dropped:")
+        lines += [f"  {n:7d}  {r}" for r, n in d["dropped"].items()]
+    else:
+        lines.append("dropped: none")
+    if d["z_spec_median"] is not None:
+        lo, hi = d["z_spec_range"]
+        lines.append(f"z_spec: {100 * d['frac_z_spec']:.1f}% have one; median "
+                     f"{d['z_spec_median']:.4f}, range [{lo:.4f}, {hi:.4f}]")
+    else:
+        lines.append("z_spec: none")
+    w = max(len(b) for b in d["bands"])
+    lines.append(f"{'band':<{w}}  median_mag  median_S/N  depth_5sig  n(f<=0)")
+    notes = set()
+    for b, p in d["per_band"].items():
+        star = "" if p["depth_method"].startswith("median error at") else "*"
+        if star:
+            notes.add(p["depth_method"])
+        lines.append(f"{b:<{w}}  {p['median_mag']:10.3f}  {p['median_snr']:10.1f}  "
+                     f"{p['depth_5sigma_mag']:9.3f}{star:1}  {p['n_nonpositive_flux']:7d}")
+    lines.append("depth: 5-sigma AB mag from the median error at 3<S/N<7"
+                 + ("; * = " + "; ".join(sorted(notes)) if notes else ""))
+    return "\n".join(lines)
+
+
+def catalog_info_main(path: str, sdss: bool = False) -> str:
+    """Text for ``popsed-jax catalog info FILE``: SDSS kcorrect format is
+    auto-detected by its MODELFLUX column, anything else via read_catalog."""
+    if not sdss:
+        from astropy.table import Table
+        fmt = _guess_format(path)
+        kw = {"path": "catalog"} if fmt == "hdf5" else {}
+        sdss = "MODELFLUX" in Table.read(path, format=fmt, **kw).colnames
+    cat = read_sdss_main(path) if sdss else read_catalog(path)
+    return format_summary(catalog_summary(cat))
