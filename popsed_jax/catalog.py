@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
+from pathlib import Path
+
 import numpy as np
 
 __all__ = [
@@ -660,13 +662,22 @@ def format_summary(d: dict) -> str:
     return "\n".join(lines)
 
 
-def catalog_info_main(path: str, sdss: bool = False) -> str:
-    """Text for ``popsed-jax catalog info FILE``: SDSS kcorrect format is
-    auto-detected by its MODELFLUX column, anything else via read_catalog."""
+def load_catalog(path, sdss: bool = False) -> Catalog:
+    """Read a catalog file in any supported form: 'sdss' (or None) for the shipped SDSS
+    main sample, the SDSS kcorrect format (auto-detected by its MODELFLUX column), or a
+    file written by :func:`write_catalog` (a ``popsed-jax mock`` output included)."""
+    if path is None or str(path).lower() == "sdss":
+        return read_sdss_main()
+    if not Path(path).exists():
+        raise FileNotFoundError(f"catalog file not found: {path}")
     if not sdss:
         from astropy.table import Table
         fmt = _guess_format(path)
         kw = {"path": "catalog"} if fmt == "hdf5" else {}
         sdss = "MODELFLUX" in Table.read(path, format=fmt, **kw).colnames
-    cat = read_sdss_main(path) if sdss else read_catalog(path)
-    return format_summary(catalog_summary(cat))
+    return read_sdss_main(path) if sdss else read_catalog(path)
+
+
+def catalog_info_main(path: str, sdss: bool = False) -> str:
+    """Text for ``popsed-jax catalog info FILE``."""
+    return format_summary(catalog_summary(load_catalog(path, sdss)))
