@@ -54,6 +54,32 @@ def _cmd_catalog_info(a):
     print(catalog_info_main(a.catalog))
 
 
+def _cmd_fit(a):
+    import dataclasses
+
+    from . import fitrun, train
+
+    cfg = train.FitConfig.from_toml(a.config) if a.config else train.FitConfig()
+    over = {k: v for k, v in (("steps", a.steps), ("members", a.members), ("seed", a.seed)) if v is not None}
+    cfg = dataclasses.replace(cfg, **over)
+    t0 = time.perf_counter()
+    res = fitrun.run_fit(a.catalog, cfg, a.out, resume=a.resume, noise_model=a.noise_model, n_samples=a.n_samples)
+    s = res["summary"]
+    print(
+        f"popsed-jax fit: {cfg.steps} steps x {cfg.members} member(s) in {time.perf_counter() - t0:.0f} s; "
+        f"validation divergence {', '.join(f'{v:.4g}' for v in s['val_divergence'])} vs data floor {s['data_floor']:.4g}"
+        + (f"; FLAGGED members {s['flagged_members']}" if s["flagged_members"] else "")
+        + f" -> {a.out}"
+    )
+
+
+def _cmd_evaluate(a):
+    from . import evaluate, fitrun
+
+    res = fitrun.evaluate_run(a.run, a.truth, a.json)
+    print(evaluate.format_table(res["normalized_w1"]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="popsed-jax", description="Population inference of galaxy properties from photometry (PopSED, JAX).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -82,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--derived", action="store_true", help="also write surviving mass, SFRs, sSFR, mass-weighted age")
     f.set_defaults(func=_cmd_forward)
 
+    ft = sub.add_parser("fit", help="fit a population to a catalog (PopSED)")
+    ft.add_argument("catalog", help="catalog file (SDSS kcorrect format, a popsed-jax catalog or mock), or 'sdss' for the shipped SDSS sample")
+    ft.add_argument("--config", default=None, help="TOML file with FitConfig keys (optionally under [fit])")
+    ft.add_argument("--steps", type=int, default=None)
+    ft.add_argument("--members", type=int, default=None, help="ensemble members trained at once")
+    ft.add_argument("--seed", type=int, default=None)
+    ft.add_argument("--noise-model", default=None, help="noise model JSON (default: fitted to the catalog)")
+    ft.add_argument("--n-samples", type=int, default=10000, help="population samples written to samples.fits")
+    ft.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    ft.add_argument("--out", required=True, help="run folder")
+    ft.set_defaults(func=_cmd_fit)
+
+    ev = sub.add_parser("evaluate", help="score a run against a mock's true parameters (normalised W1)")
+    ev.add_argument("run")
+    ev.add_argument("--truth", required=True, help="the mock table with true parameters")
+    ev.add_argument("--json", default=None)
+    ev.set_defaults(func=_cmd_evaluate)
+
+    from .mock import add_mock_parser
+
+    add_mock_parser(sub)
+
     c = sub.add_parser("catalog", help="survey catalogs")
     csub = c.add_subparsers(dest="catalog_command", required=True)
     ci = csub.add_parser("info", help="bands, counts, depth per band, and what was dropped and why")
@@ -94,9 +142,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"popsed-jax: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # user-facing errors get one line; anything else is a bug: re-raise
+        if isinstance(err, (ValueError, FileNotFoundError, KeyError)) or type(err).__name__ == "FitDiverged":
+            print(f"popsed-jax: error: {err}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

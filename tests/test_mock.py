@@ -1,0 +1,144 @@
+"""Mock surveys (popsed_jax.mock): Table-2 prior, SDSS-like observation, round trip."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from popsed_jax import mock as M
+from popsed_jax.forward import PARAM_NAMES
+
+
+def _rmag(f):
+    f = np.asarray(f, float)
+    return 22.5 - 2.5 * np.log10(np.where(f > 0, f, np.nan))
+
+
+def test_table2_marginals_ks():
+    th = M.sample_table2(4000, 3)
+    assert th.shape == (4000, 11)
+    for j, name in enumerate(PARAM_NAMES[2:], start=2):
+        spec = M.TABLE2[name]
+        if spec is None:
+            cdf = stats.uniform(0, 1).cdf
+        else:
+            mu, sd, lo, hi = spec
+            cdf = stats.truncnorm((lo - mu) / sd, (hi - mu) / sd, loc=mu, scale=sd).cdf
+            assert th[:, j].min() >= lo and th[:, j].max() <= hi
+        assert stats.kstest(th[:, j], cdf).pvalue > 1e-3, name
+    # default (z, logM): inside the documented ranges
+    assert th[:, 0].min() >= M.Z_RANGE[0] and th[:, 0].max() <= M.Z_RANGE[1]
+    assert th[:, 1].min() >= M.LOGM_RANGE[0] - 1e-9 and th[:, 1].max() <= M.LOGM_RANGE[1] + 1e-9
+    # reproducible, and a custom sampler is used
+    np.testing.assert_array_equal(th, M.sample_table2(4000, 3))
+    th2 = M.sample_table2(10, 0, lambda n, r: (np.full(n, 0.1), np.full(n, 10.0)))
+    assert np.all(th2[:, 0] == 0.1) and np.all(th2[:, 1] == 10.0)
+
+
+@pytest.fixture(scope="module")
+def sdss():
+    from popsed_jax.catalog import read_sdss_main
+    from popsed_jax.observe import fit_noise_model, select_catalog
+
+    cat = read_sdss_main()
+    return cat, fit_noise_model(cat), select_catalog(cat, "r<17.77")
+
+
+@pytest.fixture(scope="module")
+def fwd():
+    from popsed_jax.forward import build_forward_model
+
+    return build_forward_model(filters=list(M.SDSS_UGRIZ), z_max=M.Z_RANGE[1])
+
+
+@pytest.fixture(scope="module")
+def mock_tab(sdss, fwd):
+    return M.draw_mock(3000, seed=0, noise_model=sdss[1], model=fwd)
+
+
+def test_mock_selection_and_columns(mock_tab):
+    t = mock_tab
+    assert len(t) == 3000
+    for c in (*PARAM_NAMES, "beta1", "beta4", "logM_surviving", "sfr_100myr", "sfr_10myr",
+              "log_ssfr_100myr", "age_mw", "z_spec"):
+        assert c in t.colnames, c
+    for b in M.SDSS_UGRIZ:
+        for c in (f"flux_{b}", f"flux_err_{b}", f"flux_true_{b}"):
+            assert c in t.colnames and np.all(np.isfinite(t[c])), c
+    assert np.all(_rmag(t["flux_sdss2010-r"]) < 17.77)
+    np.testing.assert_array_equal(t["z_spec"], t["z"])
+
+
+def test_mock_noise_matches_sdss(mock_tab, sdss):
+    cat = sdss[2]
+    mc = M.mock_to_catalog(mock_tab)
+    for k, b in enumerate(cat.bands):
+        fs, es = cat.flux[:, k], cat.flux_err[:, k]
+        fm, em = mc.flux[:, k], mc.flux_err[:, k]
+        edges = np.quantile(np.log10(fs[fs > 0]), np.linspace(0.05, 0.95, 10))
+        ratios = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            ins = (np.log10(np.maximum(fs, 1e-9)) >= lo) & (np.log10(np.maximum(fs, 1e-9)) < hi)
+            inm = (np.log10(np.maximum(fm, 1e-9)) >= lo) & (np.log10(np.maximum(fm, 1e-9)) < hi)
+            if ins.sum() >= 30 and inm.sum() >= 30:
+                ratios.append(np.median(em[inm]) / np.median(es[ins]))
+        assert len(ratios) >= 4, b
+        assert np.max(np.abs(np.log(ratios))) < np.log(1.15), (b, np.round(ratios, 3))
+
+
+def test_mock_counts_slope_like_sdss(mock_tab, sdss):
+    s_sdss = M.counts_slope(_rmag(sdss[2].flux[:, 2]))
+    s_mock = M.counts_slope(_rmag(mock_tab["flux_sdss2010-r"]))
+    assert 0.4 < s_sdss < 0.65
+    assert abs(s_mock - s_sdss) < 0.1, (s_mock, s_sdss)
+
+
+def test_prescreen_is_conservative(fwd, sdss):
+    """No galaxy that the pre-screen would skip passes the cut when observed."""
+    t = M.draw_mock(20000, seed=5, noise_model=sdss[1], model=fwd, return_all=True)
+    zg, lf = M._flux_bound_table(fwd, 2, (1e-3, M.Z_RANGE[1]))
+    screened = t["logM"] + M._bound_at(np.asarray(t["z"]), zg, lf) <= np.log10(10 ** (-0.4 * (17.77 - 22.5))) - 0.4
+    assert screened.mean() > 0.3
+    assert not np.any(np.asarray(t["selected"]) & screened)
+    # and the bound really bounds the noiseless flux
+    assert np.all(np.log10(np.maximum(t["flux_true_sdss2010-r"], 1e-30)) - t["logM"]
+                  <= M._bound_at(np.asarray(t["z"]), zg, lf) + 1e-4)
+
+
+def test_round_trip_read_catalog(mock_tab, tmp_path):
+    from popsed_jax.catalog import read_catalog
+
+    for name in ("m.fits", "m.ecsv"):
+        p = tmp_path / name
+        mock_tab.write(p, overwrite=True)
+        cat = read_catalog(p)
+        assert cat.bands == M.SDSS_UGRIZ
+        np.testing.assert_allclose(cat.flux[:, 2], mock_tab["flux_sdss2010-r"], rtol=1e-12)
+        np.testing.assert_allclose(cat.flux_err, M.mock_to_catalog(mock_tab).flux_err, rtol=1e-12)
+        np.testing.assert_allclose(cat.z_spec, mock_tab["z"])
+
+
+def test_params_table_and_cli(fwd, sdss, tmp_path):
+    from astropy.table import Table
+
+    th = M.sample_table2(50, 1)
+    th[:, 0], th[:, 1] = 0.05, 11.5  # bright: all pass r < 17.77
+    tab = Table(dict(zip(PARAM_NAMES, th.T)))
+    out = M.draw_mock(None, seed=2, noise_model=sdss[1], model=fwd, params_table=tab, return_all=True)
+    assert len(out) == 50 and out["selected"].all()
+    np.testing.assert_allclose(out["tau2"], th[:, 10])
+    nm_path = tmp_path / "nm.json"
+    from popsed_jax.observe import save_noise_model
+    save_noise_model(sdss[1], nm_path)
+    tab.write(tmp_path / "p.fits")
+    ap = argparse.ArgumentParser()
+    M.add_mock_parser(ap.add_subparsers())
+    a = ap.parse_args(["mock", "--params", str(tmp_path / "p.fits"), "--noise-model", str(nm_path),
+                       "--out", str(tmp_path / "o.fits"), "--seed", "4"])
+    assert a.func(a) == 0
+    back = Table.read(tmp_path / "o.fits")
+    assert len(back) == 50 and "flux_true_sdss2010-r" in back.colnames
+    with pytest.raises(ValueError, match="noise model bands"):
+        M.draw_mock(5, noise_model=sdss[1], filters=["sdss2010-g", "sdss2010-r"])
