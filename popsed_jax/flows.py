@@ -1,0 +1,322 @@
+"""Normalizing flow q_phi(theta) on the box of parameter bounds (PopSED's recipe).
+
+A rational-quadratic neural spline flow (Durkan et al. 2019) lives in Gaussian space;
+the Gaussian CDF maps it to the unit cube and an affine map to the box [lo, hi]:
+
+    z ~ N(0, I_dim)  --f_phi-->  y in R^dim  --Phi-->  u in (0,1)^dim  -->  theta = lo + (hi - lo) u
+
+f_phi is ``n_layers`` coupling layers, each a :class:`distrax.RationalQuadraticSpline`
+(``n_bins`` bins on [-tail_bound, tail_bound], identity outside, slope 1 at the range ends)
+on the layer's transformed dimensions, with parameters from a small MLP (the conditioner,
+SiLU) of its conditioning dimensions. Masks come in complementary pairs (parity, halves,
+then fixed random halves), so every pair of layers transforms every dimension once.
+:func:`make_bijector` builds the same map as a chain of :class:`distrax.MaskedCoupling`
+(for distrax interop); the sampling functions use :func:`flow_forward` / :func:`flow_inverse`,
+which evaluate the spline on the transformed dimensions only (MaskedCoupling evaluates it on
+all of them and discards half: about 2x slower).
+
+Parameters are a plain pytree (a tuple of per-layer dicts of arrays), so that an ensemble
+(:func:`init_ensemble`) is parameters stacked along a leading axis and every function here
+can be ``jax.vmap``-ed over it with the configuration held static, e.g.
+``jax.vmap(sample_flow, in_axes=(0, 0, None, None))(params, keys, n, config)``.
+:class:`FlowConfig` is hashable: pass it (and ``n``) as ``static_argnames`` to ``jax.jit``.
+Each distinct config (bounds included) is a new compilation.
+
+The conditioner's last layer is zero at initialisation; distrax's spline with all-zero
+parameters is the identity (equal bins, knot slopes softplus(0 + offset) + min = 1), so the
+flow starts as the identity in Gaussian space and q_phi starts as the uniform distribution
+on the box: log q = -sum(log(hi - lo)).
+
+log q(theta) = log N(z) - log|det df/dz| - sum_i log phi(y_i) - sum_i log(hi_i - lo_i).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import ndtr, ndtri
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=[],
+    meta_fields=["lo", "hi", "n_layers", "n_bins", "hidden", "n_hidden_layers", "tail_bound", "u_eps",
+                 "mask_seed", "min_bin_size", "min_knot_slope"])
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    """Static flow configuration (hashable: pass it as a static argument to ``jax.jit``).
+
+    It is also registered as a pytree with no leaves (all fields static), so that it passes
+    through ``jax.jit`` and ``jax.vmap(..., in_axes=None)`` as an ordinary argument too (needed
+    under a mesh with explicit axis types, where vmap rejects non-JAX-type arguments).
+
+    lo, hi: the box of bounds, tuples of length ``dim`` (parameter units).
+    n_layers: coupling layers; n_bins: spline bins; hidden, n_hidden_layers: conditioner MLP;
+    tail_bound: the spline acts on [-tail_bound, tail_bound] in Gaussian space (identity outside);
+    u_eps: in :func:`log_prob_flow`, u = (theta - lo) / (hi - lo) is clipped to [u_eps, 1 - u_eps];
+    mask_seed: seed of the fixed random masks used after the first two pairs of layers;
+    min_bin_size, min_knot_slope: the spline's floors (nflows' 1e-3, as the original PopSED;
+    distrax's default 1e-4 lets near-flat splines appear whose float32 inverse is inaccurate).
+    """
+
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    n_layers: int = 8
+    n_bins: int = 16
+    hidden: int = 128
+    n_hidden_layers: int = 2
+    tail_bound: float = 4.0
+    u_eps: float = 1e-6
+    mask_seed: int = 0
+    min_bin_size: float = 1e-3
+    min_knot_slope: float = 1e-3
+
+    def __post_init__(self):
+        lo = tuple(float(v) for v in self.lo)
+        hi = tuple(float(v) for v in self.hi)
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
+        if len(lo) != len(hi) or len(lo) < 1:
+            raise ValueError(f"lo and hi must be non-empty and of equal length; got {len(lo)} and {len(hi)}")
+        if not all(h > l for l, h in zip(lo, hi)):
+            raise ValueError(f"need hi > lo in every dimension; got lo={lo}, hi={hi}")
+        if self.n_layers < 1 or self.n_bins < 1 or self.hidden < 1 or self.n_hidden_layers < 0:
+            raise ValueError("n_layers, n_bins, hidden must be >= 1 and n_hidden_layers >= 0")
+        if not (0.0 < self.u_eps < 0.5) or self.tail_bound <= 0:
+            raise ValueError("need 0 < u_eps < 0.5 and tail_bound > 0")
+
+    @property
+    def dim(self) -> int:
+        return len(self.lo)
+
+
+def popsed_config(**kwargs) -> FlowConfig:
+    """FlowConfig on the 11-D PopSED box (``forward.PARAM_NAMES`` order, ``PARAM_BOUNDS``)."""
+    from .forward import PARAM_BOUNDS, PARAM_NAMES  # lazy: forward pulls in the SPS modules
+
+    lo = tuple(PARAM_BOUNDS[n][0] for n in PARAM_NAMES)
+    hi = tuple(PARAM_BOUNDS[n][1] for n in PARAM_NAMES)
+    return FlowConfig(lo=kwargs.pop("lo", lo), hi=kwargs.pop("hi", hi), **kwargs)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+@functools.lru_cache(maxsize=None)
+def coupling_masks(config: FlowConfig) -> tuple[np.ndarray, ...]:
+    """Boolean masks, one per layer; True = conditioning (passed through), False = transformed.
+
+    Layers come in complementary pairs (mask, ~mask): pair 0 splits by parity, pair 1 into
+    halves, later pairs into fixed random halves (``mask_seed``). In 1-D there is nothing to
+    condition on: every layer transforms the single dimension with a constant spline.
+    """
+    d = config.dim
+    if d == 1:
+        return tuple(np.zeros(1, bool) for _ in range(config.n_layers))
+    rng = np.random.default_rng(config.mask_seed)
+    masks = []
+    pair = 0
+    while len(masks) < config.n_layers:
+        if pair == 0:
+            m = np.arange(d) % 2 == 0
+        elif pair == 1:
+            m = np.arange(d) < d // 2
+        else:
+            m = np.zeros(d, bool)
+            m[rng.permutation(d)[: d // 2]] = True
+        masks += [m, ~m]
+        pair += 1
+    return tuple(masks[: config.n_layers])
+
+
+# ----------------------------------------------------------------------------- params
+
+
+def _dense_init(key, n_in, n_out, dtype):
+    # He-normal for the (SiLU) hidden layers; n_in may be 0 (1-D flows)
+    std = math.sqrt(2.0 / max(n_in, 1))
+    return {"w": std * jax.random.normal(key, (n_in, n_out), dtype), "b": jnp.zeros((n_out,), dtype)}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
+def init_flow(key, config: FlowConfig, dtype=jnp.float32):
+    """Flow parameters: a tuple (one entry per coupling layer) of dicts {"hidden": [...], "out": {...}}.
+
+    The last (output) layer of every conditioner is zero, so the flow starts as the identity.
+    """
+    n_spline = 3 * config.n_bins + 1
+    layers = []
+    for mask, k in zip(coupling_masks(config), jax.random.split(key, config.n_layers)):
+        n_cond, n_trans = int(mask.sum()), int((~mask).sum())
+        keys = jax.random.split(k, config.n_hidden_layers + 1)
+        hidden, n_in = [], n_cond
+        for i in range(config.n_hidden_layers):
+            hidden.append(_dense_init(keys[i], n_in, config.hidden, dtype))
+            n_in = config.hidden
+        out = {"w": jnp.zeros((n_in, n_trans * n_spline), dtype), "b": jnp.zeros((n_trans * n_spline,), dtype)}
+        layers.append({"hidden": hidden, "out": out})
+    return tuple(layers)
+
+
+def init_ensemble(key, config: FlowConfig, k: int, dtype=jnp.float32):
+    """k independent members, stacked along a leading axis of every leaf."""
+    keys = jax.random.split(key, k)
+    return jax.jit(jax.vmap(lambda kk: init_flow(kk, config, dtype)))(keys)
+
+
+def n_params(params) -> int:
+    """Number of scalar parameters (of all members, for stacked ensemble parameters)."""
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+# ----------------------------------------------------------------------------- bijector
+
+
+def _mlp(layer, h):
+    for lin in layer["hidden"]:
+        h = jax.nn.silu(h @ lin["w"] + lin["b"])
+    return h @ layer["out"]["w"] + layer["out"]["b"]
+
+
+def _spline(p, config: FlowConfig) -> distrax.RationalQuadraticSpline:
+    tb = float(config.tail_bound)
+    return distrax.RationalQuadraticSpline(
+        p, range_min=-tb, range_max=tb, boundary_slopes="identity",
+        min_bin_size=config.min_bin_size, min_knot_slope=config.min_knot_slope)
+
+
+def _spline_params(layer, x_cond, n_trans, config):
+    out = _mlp(layer, x_cond)
+    return out.reshape(out.shape[:-1] + (n_trans, 3 * config.n_bins + 1))
+
+
+def _coupling(layer, mask, x, config, inverse):
+    """One coupling layer on the transformed dimensions only (half the spline work of
+    ``distrax.MaskedCoupling``, which evaluates the spline on every dimension)."""
+    cond_idx, trans_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
+    spline = _spline(_spline_params(layer, x[..., cond_idx], len(trans_idx), config), config)
+    fn = spline.inverse_and_log_det if inverse else spline.forward_and_log_det
+    x_t, log_d = fn(x[..., trans_idx])
+    return x.at[..., trans_idx].set(x_t), jnp.sum(log_d, -1)
+
+
+def flow_forward(params, z, config: FlowConfig):
+    """y = f_phi(z) and log|det df/dz|, z of shape (..., dim), in Gaussian space."""
+    logdet = jnp.zeros(z.shape[:-1], z.dtype)
+    for layer, mask in zip(params, coupling_masks(config)):
+        z, ld = _coupling(layer, mask, z, config, inverse=False)
+        logdet = logdet + ld
+    return z, logdet
+
+
+def flow_inverse(params, y, config: FlowConfig):
+    """z = f_phi^{-1}(y) and log|det df^{-1}/dy|, y of shape (..., dim), in Gaussian space."""
+    logdet = jnp.zeros(y.shape[:-1], y.dtype)
+    for layer, mask in reversed(list(zip(params, coupling_masks(config)))):
+        y, ld = _coupling(layer, mask, y, config, inverse=True)
+        logdet = logdet + ld
+    return y, logdet
+
+
+def make_bijector(params, config: FlowConfig) -> distrax.Bijector:
+    """f_phi as a distrax bijector (a Chain of ``distrax.MaskedCoupling`` layers), for interop
+    with distrax (``distrax.Transformed``, ``Inverse``, ...). It computes the same map as
+    :func:`flow_forward` / :func:`flow_inverse`, which the sampling functions use because they
+    skip the spline on the conditioning dimensions (about 2x faster)."""
+    layers = []
+    for layer, mask in zip(params, coupling_masks(config)):
+        cond_idx, trans_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
+
+        def conditioner(masked_x, layer=layer, cond_idx=cond_idx, trans_idx=trans_idx):
+            out = _spline_params(layer, masked_x[..., cond_idx], len(trans_idx), config)
+            full = jnp.zeros(out.shape[:-2] + (config.dim, out.shape[-1]), out.dtype)
+            return full.at[..., trans_idx, :].set(out)  # conditioning dims: ignored zeros
+
+        layers.append(distrax.MaskedCoupling(
+            mask=jnp.asarray(mask), conditioner=conditioner, bijector=lambda p: _spline(p, config)))
+    # distrax.Chain applies its list last-to-first: reverse so layer 0 acts first
+    return distrax.Chain(layers[::-1])
+
+
+# ----------------------------------------------------------------------------- box maps
+
+
+def _log_phi(y):
+    return -0.5 * y * y - _HALF_LOG_2PI
+
+
+def _gauss_to_box(y, config):
+    """theta = lo + (hi - lo) Phi(y), evaluated from the nearer bound for float32 accuracy."""
+    lo = jnp.asarray(config.lo, y.dtype)
+    hi = jnp.asarray(config.hi, y.dtype)
+    w = hi - lo
+    return jnp.where(y < 0, lo + w * ndtr(y), hi - w * ndtr(-y))
+
+
+def _box_to_gauss(theta, config):
+    """y = Phi^{-1}(u), u = (theta - lo) / (hi - lo) clipped to [u_eps, 1 - u_eps] (symmetric)."""
+    lo = jnp.asarray(config.lo, theta.dtype)
+    hi = jnp.asarray(config.hi, theta.dtype)
+    w = hi - lo
+    eps = config.u_eps
+    u_lo = jnp.clip((theta - lo) / w, eps, 1.0 - eps)  # distance to lo, as a fraction
+    u_hi = jnp.clip((hi - theta) / w, eps, 1.0 - eps)  # distance to hi
+    return jnp.where(u_lo < 0.5, ndtri(u_lo), -ndtri(u_hi))
+
+
+def _log_box_volume(config):
+    return float(np.sum(np.log(np.asarray(config.hi) - np.asarray(config.lo))))
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def _dtype(params):
+    leaves = jax.tree_util.tree_leaves(params)
+    return leaves[0].dtype if leaves else jnp.float32
+
+
+def sample_and_log_prob(params, key, n: int, config: FlowConfig):
+    """n draws theta ~ q_phi, shape (n, dim), and log q_phi(theta) (density on the box), shape (n,)."""
+    z = jax.random.normal(key, (n, config.dim), _dtype(params))
+    y, logdet = flow_forward(params, z, config)
+    log_pz = jnp.sum(_log_phi(z), -1)
+    log_q = log_pz - logdet - jnp.sum(_log_phi(y), -1) - _log_box_volume(config)
+    return _gauss_to_box(y, config), log_q
+
+
+def sample_flow(params, key, n: int, config: FlowConfig):
+    """n draws theta ~ q_phi, shape (n, dim)."""
+    z = jax.random.normal(key, (n, config.dim), _dtype(params))
+    y, _ = flow_forward(params, z, config)
+    return _gauss_to_box(y, config)
+
+
+def log_prob_flow(params, theta, config: FlowConfig):
+    """log q_phi(theta) for theta of shape (n, dim) (or (dim,)) on the box.
+
+    Points on or outside the box are clipped to u in [u_eps, 1 - u_eps] (finite values,
+    zero gradient with respect to theta there); the clip is not a density correction.
+    """
+    theta = jnp.asarray(theta, _dtype(params))
+    y = _box_to_gauss(theta, config)
+    z, logdet_inv = flow_inverse(params, y, config)
+    return jnp.sum(_log_phi(z), -1) + logdet_inv - jnp.sum(_log_phi(y), -1) - _log_box_volume(config)
+
+
+def sample_ensemble(params, key, n: int, config: FlowConfig):
+    """n draws from each member of stacked ensemble parameters: (k, n, dim)."""
+    k = jax.tree_util.tree_leaves(params)[0].shape[0]
+    return jax.vmap(sample_flow, in_axes=(0, 0, None, None))(params, jax.random.split(key, k), n, config)
+
+
+__all__ = [
+    "FlowConfig", "popsed_config", "coupling_masks", "init_flow", "init_ensemble", "n_params",
+    "flow_forward", "flow_inverse", "make_bijector", "sample_flow", "sample_and_log_prob", "log_prob_flow", "sample_ensemble",
+]
