@@ -1,0 +1,101 @@
+"""Training-step cost: its parts, the ensemble scaling, steps per second.
+
+    python benchmarks/fit.py [--catalog sdss] [--n-sim 2048] [--members 4] [--json bench_out/fit.json]
+
+Times (best of --repeat, jitted, value and gradient where the step takes one) the parts of
+a training step at the default configuration: flow sampling, forward model, noise +
+selection + features, the loss at the final blur; then one whole step with K = 1 and with
+K = --members members vmapped (goal: K members cost well under K times one). Prints one
+summary line, writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def best(fn, *args, repeat=3):
+    jax.block_until_ready(fn(*args))
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--catalog", default="sdss")
+    ap.add_argument("--n-sim", type=int, default=None)
+    ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default="bench_out/fit.json")
+    a = ap.parse_args(argv)
+
+    from popsed_jax import flows, forward, observe, train
+    from popsed_jax.catalog import load_catalog
+
+    cfg = train.FitConfig()
+    if a.n_sim:
+        cfg = dataclasses.replace(cfg, n_sim=a.n_sim, batch_obs=a.n_sim)
+    ctx = train.prepare(load_catalog(a.catalog), cfg)
+    st = train.statics(ctx)
+    model, noise, soft, stats = st
+    key = jax.random.PRNGKey(0)
+    params = flows.init_flow(key, ctx.flow_cfg)
+    n = cfg.n_sim
+    eps = train.epsilon_at(cfg, cfg.steps - 1)
+
+    t_sample = best(jax.jit(jax.grad(lambda p: flows.sample_flow(p, key, n, ctx.flow_cfg).sum())), params, repeat=a.repeat)
+    theta = flows.sample_flow(params, key, n, ctx.flow_cfg)
+    t_fwd = best(jax.jit(jax.grad(lambda t, m: jnp.log(forward.forward_fluxes(m, t)).sum())), theta, model, repeat=a.repeat)
+    flux = forward.forward_fluxes(model, theta)
+
+    def nsf(f, nz, s, ss):
+        noisy, _ = observe.add_noise(nz, f, key)
+        x = observe.make_features(noisy, s, stats=ss, colours=cfg.colours)
+        w = observe.soft_selection_weights(noisy, ctx.band_idx, ctx.mag_lim, cfg.selection_width)
+        return (x.sum(1) * w).sum()
+
+    t_noise = best(jax.jit(jax.grad(nsf)), flux, noise, soft, stats, repeat=a.repeat)
+    _, x, w, _ = train.simulate_features(ctx, st, params, key, n)
+    y = ctx.obs_train[:cfg.batch_obs]
+    t_loss = best(jax.jit(jax.grad(lambda xx, yy, ww: ctx.loss_fn(xx, yy, eps, key, a=ww)[0], argnums=(0, 2))), x, y, w, repeat=a.repeat)
+
+    tx = train.make_optimizer(cfg)
+    out_steps = {}
+    for k in (1, a.members):
+        ctx_k = dataclasses.replace(ctx, cfg=dataclasses.replace(cfg, members=k), extra={})
+        p, o = train.init_state(ctx_k, tx)
+        step = train.make_step(ctx_k, tx)
+        keys = train.member_keys(0, k, 0)
+        out_steps[k] = best(lambda: step(p, o, keys, st, ctx.obs_train, jnp.float32(eps), jnp.float32(1.0))[2], repeat=a.repeat)
+    res = dict(
+        backend=jax.default_backend(), n_sim=n, batch_obs=cfg.batch_obs, epsilon=eps,
+        seconds=dict(sample_grad=t_sample, forward_grad=t_fwd, noise_selection_features_grad=t_noise, loss_grad=t_loss,
+                     step_1_member=out_steps[1], step_k_members=out_steps[a.members]),
+        members=a.members, ensemble_time_ratio=out_steps[a.members] / out_steps[1],
+        steps_per_s=1.0 / out_steps[1], loss_over_forward=t_loss / t_fwd,
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+    with open(a.json, "w") as fh:
+        json.dump(res, fh, indent=2)
+    s = res["seconds"]
+    print(
+        f"fit step [{res['backend']}] n_sim={n} vs {cfg.batch_obs} obs at eps={eps:.3g}: sample {s['sample_grad']:.3f} s, forward {s['forward_grad']:.3f} s, "
+        f"noise+features {s['noise_selection_features_grad']:.3f} s, loss {s['loss_grad']:.3f} s; whole step {s['step_1_member']:.3f} s "
+        f"({res['steps_per_s']:.2f} steps/s); {a.members} members vmapped {s['step_k_members']:.3f} s = {res['ensemble_time_ratio']:.2f}x one -> {a.json}"
+    )
+    return res
+
+
+if __name__ == "__main__":
+    main()
