@@ -53,7 +53,7 @@ class FitConfig:
     batch_obs: int = 2048  # observed galaxies per step and member
     members: int = 1
     seed: int = 0
-    lr: float = 2e-3
+    lr: float = 5e-4
     blur: tuple = ((0.0, 0.5), (0.35, 0.1), (0.75, 0.03), (1.0, 0.02))  # (fraction of training, epsilon)
     noise_c: float = 20.0
     noise_tau: float = 10.0
