@@ -14,21 +14,12 @@ import argparse
 import dataclasses
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from _timing import best_time
 
 
-def best(fn, *args, repeat=3):
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def main(argv=None):
@@ -54,9 +45,9 @@ def main(argv=None):
     n = cfg.n_sim
     eps = train.epsilon_at(cfg, cfg.steps - 1)
 
-    t_sample = best(jax.jit(jax.grad(lambda p: flows.sample_flow(p, key, n, ctx.flow_cfg).sum())), params, repeat=a.repeat)
+    t_sample = best_time(jax.jit(jax.grad(lambda p: flows.sample_flow(p, key, n, ctx.flow_cfg).sum())), params, repeat=a.repeat)
     theta = flows.sample_flow(params, key, n, ctx.flow_cfg)
-    t_fwd = best(jax.jit(jax.grad(lambda t, m: jnp.log(forward.forward_fluxes(m, t)).sum())), theta, model, repeat=a.repeat)
+    t_fwd = best_time(jax.jit(jax.grad(lambda t, m: jnp.log(forward.forward_fluxes(m, t)).sum())), theta, model, repeat=a.repeat)
     flux = forward.forward_fluxes(model, theta)
 
     def nsf(f, nz, s, ss):
@@ -65,10 +56,10 @@ def main(argv=None):
         w = observe.soft_selection_weights(noisy, ctx.band_idx, ctx.mag_lim, cfg.selection_width)
         return (x.sum(1) * w).sum()
 
-    t_noise = best(jax.jit(jax.grad(nsf)), flux, noise, soft, stats, repeat=a.repeat)
+    t_noise = best_time(jax.jit(jax.grad(nsf)), flux, noise, soft, stats, repeat=a.repeat)
     _, x, w, _ = train.simulate_features(ctx, st, params, key, n)
     y = ctx.obs_train[:cfg.batch_obs]
-    t_loss = best(jax.jit(jax.grad(lambda xx, yy, ww: ctx.loss_fn(xx, yy, eps, key, a=ww)[0], argnums=(0, 2))), x, y, w, repeat=a.repeat)
+    t_loss = best_time(jax.jit(jax.grad(lambda xx, yy, ww: ctx.loss_fn(xx, yy, eps, key, a=ww)[0], argnums=(0, 2))), x, y, w, repeat=a.repeat)
 
     tx = train.make_optimizer(cfg)
     out_steps = {}
@@ -77,7 +68,7 @@ def main(argv=None):
         p, o = train.init_state(ctx_k, tx)
         step = train.make_step(ctx_k, tx)
         keys = train.member_keys(0, k, 0)
-        out_steps[k] = best(lambda: step(p, o, keys, st, ctx.obs_train, jnp.float32(eps), jnp.float32(1.0))[2], repeat=a.repeat)
+        out_steps[k] = best_time(lambda: step(p, o, keys, st, ctx.obs_train, jnp.float32(eps), jnp.float32(1.0))[2], repeat=a.repeat)
     res = dict(
         backend=jax.default_backend(), n_sim=n, batch_obs=cfg.batch_obs, epsilon=eps,
         seconds=dict(sample_grad=t_sample, forward_grad=t_fwd, noise_selection_features_grad=t_noise, loss_grad=t_loss,

@@ -14,21 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import best_time
 
 
-def best_time(fn, *args, repeat=3):
-    jax.block_until_ready(fn(*args))  # compile + warm
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def draw_theta(n, seed=0):

@@ -19,7 +19,7 @@ from contextlib import nullcontext
 import functools
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 
 from pathlib import Path

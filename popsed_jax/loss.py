@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -336,7 +336,7 @@ def sinkhorn_divergence(x, y, epsilon, *, a=None, b=None, threshold=1e-3, max_it
     # warm start: extend the previous potentials (functions of points) to the new points
     init_xy = init_xx = None
     if init is not None:
-        ia, ib = jax.lax.stop_gradient(init.a), jax.lax.stop_gradient(init.b)
+        ia = jax.lax.stop_gradient(init.a)
         g0 = _extend(init.f_xy, init.x, ia, ys, epsilon)
         f0 = _extend(g0, ys, jax.lax.stop_gradient(b), xs, epsilon)
         init_xy = (f0, g0)

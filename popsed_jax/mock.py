@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .forward import (PARAM_BOUNDS, PARAM_NAMES, build_forward_model, check_theta,
+from .forward import (PARAM_NAMES, build_forward_model, check_theta,
                       derived_quantities, forward_fluxes, theta_from_columns,
                       theta_to_columns)
 

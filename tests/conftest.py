@@ -1,7 +1,6 @@
 """Shared fixtures: the real BC03 grid (built on first use), bases, models."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

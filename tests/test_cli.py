@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from astropy.table import Table
 
 from popsed_jax.cli import main

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import NMF_DIR
 from popsed_jax import sfh, ssp
 
 ROOT = Path(__file__).resolve().parents[1]
