@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from popsed_jax import photometry, sfh  # noqa: E402
+from popsed_jax.cosmology import lum_distance  # noqa: E402
 from popsed_jax.forward import build_forward_model, forward_fluxes, rest_spectra  # noqa: E402
 
 SHARED_NMF = Path(__file__).resolve().parents[2] / "shared" / "data" / "nmf_sfh"
@@ -36,13 +37,11 @@ def spectra_figure(path):
         z = t[0]
         wobs = np.asarray(model.wave_rest) * (1 + z)
         # observed f_nu in nanomaggies for the same normalisation as the photometry
-        from popsed_jax.cosmology import lum_distance
-
         dl = float(lum_distance(np.float32(z), model.cosmo))
         fnu = spec[j] / photometry.AB0_LSUN_HZ * 0.1 * (1 + z) / dl**2 * 10 ** t[1]
         line = ax[0].plot(wobs, fnu, lw=0.6, label=name)[0]
         ax[0].plot(pivot, flux[j], "o", color=line.get_color(), mec="k")
-        ax[1].plot(np.asarray(model.wave_rest), spec[j] * 10 ** t[1] / 10 ** t[1], lw=0.6, color=line.get_color())
+        ax[1].plot(np.asarray(model.wave_rest), spec[j], lw=0.6, color=line.get_color())
     for _, w, r in curves:
         ax[0].fill_between(w, 0, r / r.max() * ax[0].get_ylim()[1] * 0.15, color="0.8", zorder=0)
     ax[0].set(xscale="log", yscale="log", xlabel="observed wavelength [A]", ylabel="f_nu [nanomaggies]", title="observed spectra and SDSS ugriz fluxes (dots)")
