@@ -401,9 +401,10 @@ def population_samples(ctx: FitContext, params, n_per_member: int, seed: int = 4
     they would be observed with, a ``selected`` flag (passes the survey limit) and ``member``."""
     k = jax.tree_util.tree_leaves(params)[0].shape[0]
     cols: dict[str, list] = {}
+    sample = jax.jit(flows.sample_flow, static_argnums=(2, 3))  # compiled once for all members
     for m in range(k):
         p = jax.tree_util.tree_map(lambda x: x[m], params)
-        theta = np.asarray(jax.jit(lambda pp: flows.sample_flow(pp, jax.random.PRNGKey(seed + m), n_per_member, ctx.flow_cfg))(p))
+        theta = np.asarray(sample(p, jax.random.PRNGKey(seed + m), n_per_member, ctx.flow_cfg))
         noisy, sel = observe_theta(ctx, theta, jax.random.PRNGKey(seed + 1000 + m))
         d = forward.theta_to_columns(theta)
         d.update({f"flux_{b}": noisy[:, j] for j, b in enumerate(ctx.bands)})
