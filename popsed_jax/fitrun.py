@@ -1,6 +1,6 @@
 """End-to-end runs behind ``popsed-jax fit`` and ``popsed-jax evaluate``: files in, run folder out.
 
-A run folder holds: config.json, checkpoints/, noise_model.json (+ .png), history.json,
+A run folder holds: run_info.json (the catalog it fitted), config.json, checkpoints/, noise_model.json (+ .png), history.json,
 summary.json, samples.fits (pooled population samples with derived quantities, the noisy
 fluxes they would be observed with, ``selected`` and ``member``), loss.png, ppc.png and
 corner.png. ``evaluate`` adds evaluation.json and corner_vs_truth.png.
@@ -25,6 +25,7 @@ def run_fit(catalog, cfg: train.FitConfig, out, resume=False, noise_model=None, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cat = load_catalog(catalog)
+    (out / "run_info.json").write_text(json.dumps({"catalog": str(catalog), "n_catalog": int(cat.n), "bands": list(cat.bands)}, indent=2))
     noise = observe.load_noise_model(noise_model) if noise_model else None
     ctx = train.prepare(cat, cfg, noise)
     observe.save_noise_model(ctx.noise, out / "noise_model.json")
