@@ -47,7 +47,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 @functools.partial(
     jax.tree_util.register_dataclass, data_fields=[],
     meta_fields=["lo", "hi", "n_layers", "n_bins", "hidden", "n_hidden_layers", "tail_bound", "u_eps",
-                 "mask_seed", "min_bin_size", "min_knot_slope"])
+                 "mask_seed", "min_bin_size", "min_knot_slope", "z_volume"])
 @dataclasses.dataclass(frozen=True)
 class FlowConfig:
     """Static flow configuration (hashable: pass it as a static argument to ``jax.jit``).
@@ -63,6 +63,10 @@ class FlowConfig:
     mask_seed: seed of the fixed random masks used after the first two pairs of layers;
     min_bin_size, min_knot_slope: the spline's floors (nflows' 1e-3, as the original PopSED;
     distrax's default 1e-4 lets near-flat splines appear whose float32 inverse is inaccurate).
+    z_volume: dimension 0 is redshift and its reference measure is uniform in comoving volume
+    (Planck15) on [lo[0], hi[0]] instead of uniform in z: u_0 = (V_c(z) - V_c(lo)) / (V_c(hi) - V_c(lo)).
+    The flow then starts as galaxies spread uniformly in space, and a population piled up at
+    the lowest redshifts (where there is almost no volume) is far from the starting point.
     """
 
     lo: tuple[float, ...]
@@ -76,6 +80,7 @@ class FlowConfig:
     mask_seed: int = 0
     min_bin_size: float = 1e-3
     min_knot_slope: float = 1e-3
+    z_volume: bool = False
 
     def __post_init__(self):
         lo = tuple(float(v) for v in self.lo)
@@ -90,6 +95,8 @@ class FlowConfig:
             raise ValueError("n_layers, n_bins, hidden must be >= 1 and n_hidden_layers >= 0")
         if not (0.0 < self.u_eps < 0.5) or self.tail_bound <= 0:
             raise ValueError("need 0 < u_eps < 0.5 and tail_bound > 0")
+        if self.z_volume and lo[0] < 0:
+            raise ValueError(f"z_volume needs a non-negative redshift range; got lo[0]={lo[0]}")
 
     @property
     def dim(self) -> int:
@@ -251,27 +258,85 @@ def _log_phi(y):
     return -0.5 * y * y - _HALF_LOG_2PI
 
 
+@functools.lru_cache(maxsize=None)
+def volume_table(z_lo: float, z_hi: float, n: int = 4097):
+    """Comoving-volume CDF of redshift on [z_lo, z_hi] (Planck15, flat), float64 numpy.
+
+    Returns (z (n,), F (n,), log_p (n,)): F(z) = (D_c(z)^3 - D_c(z_lo)^3) / (D_c(z_hi)^3 - D_c(z_lo)^3)
+    and its density log p(z) = log(3 D_c^2 (dD_c/dz) / (D_c(z_hi)^3 - D_c(z_lo)^3)); D_c by
+    cumulative Simpson quadrature of c / H(z) (relative error < 1e-10 at this spacing).
+    """
+    from scipy.integrate import cumulative_simpson
+
+    from .cosmology import C_KMS, PLANCK15
+
+    z = np.linspace(0.0, z_hi, 2 * n - 1)
+    ddc = C_KMS / PLANCK15.H0 / PLANCK15.efunc(z)
+    dc = cumulative_simpson(ddc, x=z, initial=0.0)
+    zt = np.linspace(z_lo, z_hi, n)
+    dct, ddct = np.interp(zt, z, dc), np.interp(zt, z, ddc)
+    v_lo, v_hi = dct[0] ** 3, dct[-1] ** 3
+    F = (dct**3 - v_lo) / (v_hi - v_lo)
+    F[0], F[-1] = 0.0, 1.0
+    with np.errstate(divide="ignore"):
+        log_p = np.log(3.0 * dct**2 * ddct / (v_hi - v_lo))
+    log_p[0] = log_p[1] if not np.isfinite(log_p[0]) else log_p[0]
+    return zt, F, log_p
+
+
+def _u_to_z(u_lo, u_hi, config):
+    """Redshift from its volume fraction u (given as u_lo = u and u_hi = 1 - u, for float32 accuracy at both ends)."""
+    zt, F, _ = volume_table(config.lo[0], config.hi[0])
+    dt = u_lo.dtype
+    z_from_lo = jnp.interp(u_lo, jnp.asarray(F, dt), jnp.asarray(zt, dt))
+    z_from_hi = jnp.interp(u_hi, jnp.asarray(1.0 - F[::-1], dt), jnp.asarray(zt[::-1], dt))
+    return jnp.where(u_lo < 0.5, z_from_lo, z_from_hi)
+
+
 def _gauss_to_box(y, config):
-    """theta = lo + (hi - lo) Phi(y), evaluated from the nearer bound for float32 accuracy."""
+    """theta = lo + (hi - lo) Phi(y), evaluated from the nearer bound for float32 accuracy
+    (for dimension 0 with ``z_volume``: z = F^-1(Phi(y)), F the comoving-volume CDF)."""
     lo = jnp.asarray(config.lo, y.dtype)
     hi = jnp.asarray(config.hi, y.dtype)
     w = hi - lo
-    return jnp.where(y < 0, lo + w * ndtr(y), hi - w * ndtr(-y))
+    theta = jnp.where(y < 0, lo + w * ndtr(y), hi - w * ndtr(-y))
+    if config.z_volume:
+        theta = theta.at[..., 0].set(_u_to_z(ndtr(y[..., 0]), ndtr(-y[..., 0]), config))
+    return theta
 
 
 def _box_to_gauss(theta, config):
-    """y = Phi^{-1}(u), u = (theta - lo) / (hi - lo) clipped to [u_eps, 1 - u_eps] (symmetric)."""
+    """y = Phi^{-1}(u), u = (theta - lo) / (hi - lo) clipped to [u_eps, 1 - u_eps] (symmetric);
+    for dimension 0 with ``z_volume``, u = F(z)."""
     lo = jnp.asarray(config.lo, theta.dtype)
     hi = jnp.asarray(config.hi, theta.dtype)
     w = hi - lo
     eps = config.u_eps
-    u_lo = jnp.clip((theta - lo) / w, eps, 1.0 - eps)  # distance to lo, as a fraction
-    u_hi = jnp.clip((hi - theta) / w, eps, 1.0 - eps)  # distance to hi
+    u_lo = (theta - lo) / w  # distance to lo, as a fraction
+    u_hi = (hi - theta) / w  # distance to hi
+    if config.z_volume:
+        zt, F, _ = volume_table(config.lo[0], config.hi[0])
+        zt, F = jnp.asarray(zt, theta.dtype), jnp.asarray(F, theta.dtype)
+        u_lo = u_lo.at[..., 0].set(jnp.interp(theta[..., 0], zt, F))
+        u_hi = u_hi.at[..., 0].set(jnp.interp(theta[..., 0], zt, 1.0 - F))
+    u_lo = jnp.clip(u_lo, eps, 1.0 - eps)
+    u_hi = jnp.clip(u_hi, eps, 1.0 - eps)
     return jnp.where(u_lo < 0.5, ndtri(u_lo), -ndtri(u_hi))
 
 
 def _log_box_volume(config):
-    return float(np.sum(np.log(np.asarray(config.hi) - np.asarray(config.lo))))
+    w = np.log(np.asarray(config.hi) - np.asarray(config.lo))
+    return float(np.sum(w[1:] if config.z_volume else w))
+
+
+def log_reference_density(theta, config: FlowConfig):
+    """log of the flow's reference density (its starting point) on the box at theta (..., dim):
+    uniform on the box, or uniform in comoving volume for z with ``z_volume``."""
+    out = jnp.full(theta.shape[:-1], -_log_box_volume(config), theta.dtype)
+    if config.z_volume:
+        zt, _, log_p = volume_table(config.lo[0], config.hi[0])
+        out = out + jnp.interp(theta[..., 0], jnp.asarray(zt, theta.dtype), jnp.asarray(log_p, theta.dtype))
+    return out
 
 
 # ----------------------------------------------------------------------------- API
@@ -282,13 +347,18 @@ def _dtype(params):
     return leaves[0].dtype if leaves else jnp.float32
 
 
-def sample_and_log_prob(params, key, n: int, config: FlowConfig):
-    """n draws theta ~ q_phi, shape (n, dim), and log q_phi(theta) (density on the box), shape (n,)."""
+def sample_and_log_ratio(params, key, n: int, config: FlowConfig):
+    """n draws theta ~ q_phi, shape (n, dim), and log(q_phi / p_ref)(theta), shape (n,), p_ref the
+    reference density (:func:`log_reference_density`): its mean is a Monte-Carlo KL(q_phi || p_ref)."""
     z = jax.random.normal(key, (n, config.dim), _dtype(params))
     y, logdet = flow_forward(params, z, config)
-    log_pz = jnp.sum(_log_phi(z), -1)
-    log_q = log_pz - logdet - jnp.sum(_log_phi(y), -1) - _log_box_volume(config)
-    return _gauss_to_box(y, config), log_q
+    return _gauss_to_box(y, config), jnp.sum(_log_phi(z), -1) - logdet - jnp.sum(_log_phi(y), -1)
+
+
+def sample_and_log_prob(params, key, n: int, config: FlowConfig):
+    """n draws theta ~ q_phi, shape (n, dim), and log q_phi(theta) (density on the box), shape (n,)."""
+    theta, log_ratio = sample_and_log_ratio(params, key, n, config)
+    return theta, log_ratio + log_reference_density(theta, config)
 
 
 def sample_flow(params, key, n: int, config: FlowConfig):
@@ -307,7 +377,7 @@ def log_prob_flow(params, theta, config: FlowConfig):
     theta = jnp.asarray(theta, _dtype(params))
     y = _box_to_gauss(theta, config)
     z, logdet_inv = flow_inverse(params, y, config)
-    return jnp.sum(_log_phi(z), -1) + logdet_inv - jnp.sum(_log_phi(y), -1) - _log_box_volume(config)
+    return jnp.sum(_log_phi(z), -1) + logdet_inv - jnp.sum(_log_phi(y), -1) + log_reference_density(theta, config)
 
 
 def sample_ensemble(params, key, n: int, config: FlowConfig):
@@ -318,5 +388,6 @@ def sample_ensemble(params, key, n: int, config: FlowConfig):
 
 __all__ = [
     "FlowConfig", "popsed_config", "coupling_masks", "init_flow", "init_ensemble", "n_params",
-    "flow_forward", "flow_inverse", "make_bijector", "sample_flow", "sample_and_log_prob", "log_prob_flow", "sample_ensemble",
+    "flow_forward", "flow_inverse", "make_bijector", "sample_flow", "sample_and_log_prob", "sample_and_log_ratio",
+    "log_reference_density", "volume_table", "log_prob_flow", "sample_ensemble",
 ]

@@ -63,6 +63,8 @@ class FitConfig:
     selection_width: float = 0.05  # mag, width of the soft selection
     colours: bool = True  # features: r asinh mag + adjacent colours
     z_range: tuple = (0.005, 0.6)
+    z_prior: str = "volume"  # the flow's starting z distribution: "volume" (uniform in comoving volume) or "uniform"
+    kl_weight: float = 0.0  # weight of KL(q_phi || starting distribution) added to the training loss
     val_fraction: float = 0.1
     n_val: int = 2048  # simulated points for validation divergences
     val_every: int = 100
@@ -155,7 +157,12 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: observe.NoiseModel | None
     std = lambda x: jnp.asarray((x - stats[0]) / stats[1], jnp.float32)  # noqa: E731
     model = forward.build_forward_model(filters=cat.bands, grid=grid, bases=bases, z_max=cfg.z_range[1], met_mode=cfg.met_mode)
     lo, hi = box_bounds(cfg)
-    flow_cfg = flows.FlowConfig(lo=tuple(lo), hi=tuple(hi), n_layers=cfg.flow_layers, n_bins=cfg.flow_bins, hidden=cfg.flow_hidden)
+    if cfg.z_prior not in ("volume", "uniform"):
+        raise ValueError(f"z_prior must be 'volume' or 'uniform', got {cfg.z_prior!r}")
+    if cfg.kl_weight < 0:
+        raise ValueError(f"kl_weight must be >= 0, got {cfg.kl_weight}")
+    flow_cfg = flows.FlowConfig(lo=tuple(lo), hi=tuple(hi), n_layers=cfg.flow_layers, n_bins=cfg.flow_bins, hidden=cfg.flow_hidden,
+                                z_volume=cfg.z_prior == "volume")
     band_idx = mag_lim = None
     if cfg.limit:
         band, mag_lim = observe.parse_limit(cfg.limit, cat.bands)
@@ -177,27 +184,32 @@ def statics(ctx: FitContext):
     return (ctx.model, ctx.noise, jnp.asarray(ctx.softening, jnp.float32), tuple(jnp.asarray(s, jnp.float32) for s in ctx.stats))
 
 
-def simulate_features(ctx: FitContext, st, params, key, n: int, noise_scale=1.0):
+def simulate_features(ctx: FitContext, st, params, key, n: int, noise_scale=1.0, with_kl=False):
     """Flow samples -> noisy fluxes -> standardized features and selection weights.
 
-    st: :func:`statics`. Returns (theta (n, 11), features (n, D), weights (n,) or None, noisy fluxes (n, B))."""
+    st: :func:`statics`. Returns (theta (n, 11), features (n, D), weights (n,) or None, noisy fluxes (n, B)),
+    and with ``with_kl`` also the Monte-Carlo KL(q_phi || reference) of these samples."""
     model, noise, softening, stats = st
     k_flow, k_noise = jax.random.split(key)
-    theta = flows.sample_flow(params, k_flow, n, ctx.flow_cfg)
+    theta, log_ratio = flows.sample_and_log_ratio(params, k_flow, n, ctx.flow_cfg)
     flux = forward.forward_fluxes(model, theta)
     noisy, _ = observe.add_noise(noise, flux, k_noise, scale=noise_scale)
     feats = observe.make_features(noisy, softening, stats=stats, colours=ctx.cfg.colours)
     w = None
     if ctx.band_idx is not None:
         w = observe.soft_selection_weights(noisy, ctx.band_idx, ctx.mag_lim, ctx.cfg.selection_width)
+    if with_kl:
+        return theta, feats, w, noisy, jnp.mean(log_ratio)
     return theta, feats, w, noisy
 
 
 def _member_loss(ctx: FitContext, st, params, key, obs_all, eps, noise_scale):
     k_sim, k_obs, k_loss = jax.random.split(key, 3)
-    _, feats, w, _ = simulate_features(ctx, st, params, k_sim, ctx.cfg.n_sim, noise_scale)
+    _, feats, w, _, kl = simulate_features(ctx, st, params, k_sim, ctx.cfg.n_sim, noise_scale, with_kl=True)
     idx = jax.random.choice(k_obs, obs_all.shape[0], (ctx.cfg.batch_obs,), replace=False)
     val, aux = ctx.loss_fn(feats, obs_all[idx], eps, k_loss, a=w)
+    if ctx.cfg.kl_weight > 0:
+        val = val + ctx.cfg.kl_weight * kl
     return val, aux
 
 

@@ -124,3 +124,33 @@ def test_sharded_over_four_devices_matches_vmapped(tmp_path):
     np.testing.assert_allclose(r["loss_False"], r["loss_None"], rtol=2e-3)
     for x, y in zip(r["False"], r["None"]):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-2, atol=2e-5)
+
+
+def test_kl_term_adds_weighted_kl_of_the_same_samples(sdss):
+    """loss(kl_weight=w) - loss(kl_weight=0) = w * mean log(q / p_ref) of the step's own flow samples;
+    the term is zero for the starting flow and positive once it moved away."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from popsed_jax import flows
+
+    cfg0 = train.FitConfig(**TINY)
+    ctx0 = train.prepare(sdss, cfg0)
+    ctx1 = dataclasses.replace(ctx0, cfg=dataclasses.replace(cfg0, kl_weight=0.25))
+    st = train.statics(ctx0)
+    params = jax.tree.map(lambda x: x[0], train.init_state(ctx0, train.make_optimizer(cfg0))[0])
+    rng = np.random.default_rng(0)
+    moved = jax.tree.map(lambda x: x + 0.05 * jnp.asarray(rng.standard_normal(x.shape), x.dtype), params)
+    key = jax.random.PRNGKey(3)
+    obs = jnp.asarray(ctx0.obs_train)
+    for p, expect_zero in ((params, True), (moved, False)):
+        v0, _ = train._member_loss(ctx0, st, p, key, obs, 0.1, 1.0)
+        v1, _ = train._member_loss(ctx1, st, p, key, obs, 0.1, 1.0)
+        k_sim = jax.random.split(key, 3)[0]
+        k_flow = jax.random.split(k_sim)[0]
+        _, ratio = flows.sample_and_log_ratio(p, k_flow, cfg0.n_sim, ctx0.flow_cfg)
+        kl = float(jnp.mean(ratio))
+        assert float(v1 - v0) == pytest.approx(0.25 * kl, rel=1e-4, abs=1e-6)
+        assert (abs(kl) < 1e-4) if expect_zero else (kl > 1e-3)
+    assert ctx0.flow_cfg.z_volume  # the default reference is uniform in comoving volume
