@@ -77,7 +77,25 @@ def _cmd_evaluate(a):
     from . import evaluate, fitrun
 
     res = fitrun.evaluate_run(a.run, a.truth, a.json)
-    print(evaluate.format_table(res["normalized_w1"]))
+    print(evaluate.format_table(res["normalized_w1"], res.get("w1")))
+
+
+def _cmd_report(a):
+    from . import report
+
+    if not a.no_plots:
+        from . import science
+
+        science.make_science_products(a.run, catalog=a.catalog, area_deg2=a.area)
+    path = report.write_report(a.run, a.out)
+    print(f"popsed-jax report: {path}")
+
+
+def _cmd_plot(a):
+    from . import science
+
+    res = science.make_science_products(a.run, catalog=a.catalog, area_deg2=a.area, out=a.out)
+    print(science.format_products(res))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--truth", required=True, help="the mock table with true parameters")
     ev.add_argument("--json", default=None)
     ev.set_defaults(func=_cmd_evaluate)
+
+    pl = sub.add_parser("plot", help="science products of a run: n(z) vs spec-z, mass function (1/Vmax), main sequence")
+    pl.add_argument("run")
+    pl.add_argument("--catalog", default=None, help="catalog for spec-z and counts (default: the one the run fitted, from run_info.json)")
+    pl.add_argument("--area", type=float, default=None, help="survey sky area [deg^2] for a mass function in Mpc^-3 dex^-1 (the SDSS file does not record it)")
+    pl.add_argument("--out", default=None, help="folder for the figures and science.json (default: the run folder)")
+    pl.set_defaults(func=_cmd_plot)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page of a run (config, losses, PPC, population, science plots)")
+    rp.add_argument("run")
+    rp.add_argument("--out", default=None, help="HTML file (default RUN/report.html)")
+    rp.add_argument("--catalog", default=None, help="as for plot")
+    rp.add_argument("--area", type=float, default=None, help="as for plot")
+    rp.add_argument("--no-plots", action="store_true", help="do not (re)make the science plots first")
+    rp.set_defaults(func=_cmd_report)
 
     from .mock import add_mock_parser
 

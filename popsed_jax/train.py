@@ -102,6 +102,18 @@ def box_bounds(cfg: FitConfig) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+def flow_config(cfg: FitConfig) -> flows.FlowConfig:
+    """The flow of a fit configuration: the box of bounds (z from ``z_range``), its size, and its
+    reference (starting) distribution, uniform on the box or uniform in comoving volume in z."""
+    if cfg.z_prior not in ("volume", "uniform"):
+        raise ValueError(f"z_prior must be 'volume' or 'uniform', got {cfg.z_prior!r}")
+    if cfg.kl_weight < 0:
+        raise ValueError(f"kl_weight must be >= 0, got {cfg.kl_weight}")
+    lo, hi = box_bounds(cfg)
+    return flows.FlowConfig(lo=tuple(lo), hi=tuple(hi), n_layers=cfg.flow_layers, n_bins=cfg.flow_bins, hidden=cfg.flow_hidden,
+                            z_volume=cfg.z_prior == "volume")
+
+
 def epsilon_at(cfg: FitConfig, i: int) -> float:
     """Blur schedule: log-linear interpolation of cfg.blur at fraction i / steps."""
     x = i / max(cfg.steps - 1, 1)
@@ -157,12 +169,7 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: observe.NoiseModel | None
     std = lambda x: jnp.asarray((x - stats[0]) / stats[1], jnp.float32)  # noqa: E731
     model = forward.build_forward_model(filters=cat.bands, grid=grid, bases=bases, z_max=cfg.z_range[1], met_mode=cfg.met_mode)
     lo, hi = box_bounds(cfg)
-    if cfg.z_prior not in ("volume", "uniform"):
-        raise ValueError(f"z_prior must be 'volume' or 'uniform', got {cfg.z_prior!r}")
-    if cfg.kl_weight < 0:
-        raise ValueError(f"kl_weight must be >= 0, got {cfg.kl_weight}")
-    flow_cfg = flows.FlowConfig(lo=tuple(lo), hi=tuple(hi), n_layers=cfg.flow_layers, n_bins=cfg.flow_bins, hidden=cfg.flow_hidden,
-                                z_volume=cfg.z_prior == "volume")
+    flow_cfg = flow_config(cfg)
     band_idx = mag_lim = None
     if cfg.limit:
         band, mag_lim = observe.parse_limit(cfg.limit, cat.bands)

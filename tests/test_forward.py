@@ -247,10 +247,15 @@ def test_derived_old_burst_has_no_recent_sfr(model, grid):
     th = np.array([[0.05, 10.5, 0.5, 0.5, 0.5, 6.0, 1.0, -0.2, 0.0, 0.0, 0.0]])
     d = derived_quantities(model, th)
     assert float(d["sfr_100myr"][0]) == 0.0 and float(d["sfr_10myr"][0]) == 0.0
-    frac = 10 ** (float(d["logM_surviving"][0]) - th[0, 1])
-    assert grid.surviving.min() <= frac <= grid.surviving.max()
-    # a pure 6 Gyr burst keeps what the grid says SSPs of the two neighbouring ages keep
+    living = 10 ** (float(d["logM_living"][0]) - th[0, 1])
+    total = 10 ** (float(d["logM_surviving"][0]) - th[0, 1])
+    assert grid.surviving.min() <= living <= grid.surviving.max()
+    # a pure 6 Gyr burst keeps what the grid says SSPs of the two neighbouring ages keep:
+    # living stars (BC03 LIV_MSTAR_FRAC) and, in logM_surviving, also their remnants
     i = np.searchsorted(grid.lg_age_gyr, np.log10(6.0)) - 1
     near = grid.surviving[:, i : i + 2]
-    assert near.min() - 1e-6 <= frac <= near.max() + 1e-6
+    assert near.min() - 1e-6 <= living <= near.max() + 1e-6
+    near_tot = (grid.surviving + grid.remnant)[:, i : i + 2]
+    assert near_tot.min() - 1e-6 <= total <= near_tot.max() + 1e-6
+    assert 0.1 < total - living < 0.16  # remnants of a 6 Gyr Chabrier population (FSPS: ~0.135)
     assert float(d["age_mw"][0]) == pytest.approx(6.0, rel=0.02)
