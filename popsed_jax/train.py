@@ -64,7 +64,7 @@ class FitConfig:
     colours: bool = True  # features: r asinh mag + adjacent colours
     z_range: tuple = (0.005, 0.6)
     z_prior: str = "volume"  # the flow's starting z distribution: "volume" (uniform in comoving volume) or "uniform"
-    kl_weight: float = 0.0  # weight of KL(q_phi || starting distribution) added to the training loss
+    kl_weight: float = 3e-3  # weight of KL(q_phi || starting distribution) [nats] added to the training loss
     val_fraction: float = 0.1
     n_val: int = 2048  # simulated points for validation divergences
     val_every: int = 100
