@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -59,7 +60,15 @@ def _cmd_fit(a):
 
     from . import fitrun, train
 
-    cfg = train.FitConfig.from_toml(a.config) if a.config else train.FitConfig()
+    from pathlib import Path
+
+    previous = Path(a.out) / "config.json"
+    if a.config:
+        cfg = train.FitConfig.from_toml(a.config)
+    elif a.resume and previous.exists():  # continue the run as it was configured
+        cfg = train.FitConfig.from_dict(json.loads(previous.read_text()))
+    else:
+        cfg = train.FitConfig()
     over = {k: v for k, v in (("steps", a.steps), ("members", a.members), ("seed", a.seed)) if v is not None}
     cfg = dataclasses.replace(cfg, **over)
     t0 = time.perf_counter()
@@ -134,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=None)
     ft.add_argument("--noise-model", default=None, help="noise model JSON (default: fitted to the catalog)")
     ft.add_argument("--n-samples", type=int, default=10000, help="population samples written to samples.fits")
-    ft.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    ft.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint, with its config.json unless --config is given (on a finished run: re-make the products)")
     ft.add_argument("--out", required=True, help="run folder")
     ft.set_defaults(func=_cmd_fit)
 

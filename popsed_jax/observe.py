@@ -327,11 +327,18 @@ def soft_selection_weights(flux, band_index, mag_lim, width=0.05):
     the Pogson magnitude to < 1e-4 mag near the limit), so the weights are
     finite and differentiable for zero and negative fluxes (where they -> 0).
     """
+    return jnp.exp(soft_selection_log_weights(flux, band_index, mag_lim, width))
+
+
+def soft_selection_log_weights(flux, band_index, mag_lim, width=0.05):
+    """log of :func:`soft_selection_weights` (N,), = log_sigmoid((mag_lim - m) / width): finite
+    even where every weight underflows (a population far below the limit), so that
+    ``jax.nn.softmax`` of it gives normalised weights with finite gradients."""
     flux = jnp.asarray(flux)
     f_lim = 10.0 ** (-0.4 * (mag_lim - ZP_NMGY))
     b = 0.01 * f_lim / F0_NMGY
     m = asinh_mag(flux[:, band_index], jnp.asarray(b, flux.dtype))
-    return jax.nn.sigmoid((mag_lim - m) / width)
+    return jax.nn.log_sigmoid((mag_lim - m) / width)
 
 
 def select_catalog(cat: Catalog, limit: str) -> Catalog:

@@ -204,7 +204,9 @@ def simulate_features(ctx: FitContext, st, params, key, n: int, noise_scale=1.0,
     feats = observe.make_features(noisy, softening, stats=stats, colours=ctx.cfg.colours)
     w = None
     if ctx.band_idx is not None:
-        w = observe.soft_selection_weights(noisy, ctx.band_idx, ctx.mag_lim, ctx.cfg.selection_width)
+        # normalised in log space: a population entirely below the limit (all weights ~1e-26,
+        # seen in short fits) keeps finite gradients instead of overflowing w / sum(w)
+        w = jax.nn.softmax(observe.soft_selection_log_weights(noisy, ctx.band_idx, ctx.mag_lim, ctx.cfg.selection_width))
     if with_kl:
         return theta, feats, w, noisy, jnp.mean(log_ratio)
     return theta, feats, w, noisy
@@ -356,7 +358,7 @@ def fit(ctx: FitContext, run: str | os.PathLike, resume: bool = False, progress:
     step_fn = make_step(ctx, tx, mesh)
     st = statics(ctx)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="popsed-jax fit", disable=not progress, dynamic_ncols=True)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)  # seconds accumulate over resumes
     last_good = start
     for i in bar:
         eps, ns = epsilon_at(cfg, i), noise_scale_at(cfg, i)

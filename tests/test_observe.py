@@ -195,3 +195,25 @@ def test_features_standardize_and_jit(sdss, model):
     # weights: uniform weights give the unweighted stats
     mw, sw = O.feature_stats(x, jnp.ones(sdss.n))
     assert np.allclose(mw, stats[0], rtol=1e-5) and np.allclose(sw, stats[1], rtol=1e-4)
+
+
+def test_softmax_of_log_weights_is_finite_far_below_the_limit():
+    """A population ~3 mag below r = 17.77: every sigmoid weight underflows (~1e-26), yet the
+    log-space normalised weights and their gradients stay finite and equal the exact ratio."""
+    import jax
+    import jax.numpy as jnp
+
+    r = jnp.array([20.6, 20.7, 20.9, 21.0])
+    flux = jnp.stack([10 ** (-0.4 * (r - 22.5))] * 5, 1).astype(jnp.float32)
+    naive = O.soft_selection_weights(flux, 2, 17.77)
+    assert float(jnp.sum(naive)) < 1e-20
+    g_naive = jax.grad(lambda f: (O.soft_selection_weights(f, 2, 17.77) / O.soft_selection_weights(f, 2, 17.77).sum())[0])(flux)
+    assert not np.all(np.isfinite(np.asarray(g_naive)))  # the failure this guards against
+    w = jax.nn.softmax(O.soft_selection_log_weights(flux, 2, 17.77))
+    w = np.asarray(w)
+    assert abs(w.sum() - 1) < 1e-5 and np.all(np.diff(w) < 0)
+    # sigmoid(x) ~ exp(x) in the tail: 0.1 mag fainter = exp(-2) less weight (the asinh
+    # magnitude is ~0.01 mag off Pogson 3 mag below the limit, hence the loose tolerance)
+    assert abs(np.log(w[1] / w[0]) + 2.0) < 0.15
+    g = jax.grad(lambda f: jax.nn.softmax(O.soft_selection_log_weights(f, 2, 17.77))[0])(flux)
+    assert np.all(np.isfinite(np.asarray(g)))
