@@ -13,6 +13,7 @@ Hermite interpolation: smooth, differentiable in z, accurate to < 1e-8 relative.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -106,7 +107,15 @@ class CosmoTable(NamedTuple):
 
 
 def make_cosmo_table(cosmo: Cosmology = PLANCK15, z_max: float = 3.0, dz: float = 0.005, dtype=jnp.float32) -> CosmoTable:
-    """Tabulate distances and ages on [0, z_max] for :func:`lum_distance` and :func:`age_at_z`."""
+    """Tabulate distances and ages on [0, z_max] for :func:`lum_distance` and :func:`age_at_z`
+    (the float64 quadrature, ~2 s, is done once per cosmology, z_max and dz)."""
+    dz_, dc, ddc, age, dage = _cosmo_table_f64(cosmo, float(z_max), float(dz))
+    f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
+    return CosmoTable(f(dz_), f(dc), f(ddc), f(age), f(dage))
+
+
+@functools.lru_cache(maxsize=16)
+def _cosmo_table_f64(cosmo: Cosmology, z_max: float, dz: float):
     n = int(np.ceil(z_max / dz)) + 2
     z = np.arange(n) * dz
     # cumulative comoving distance by piecewise quadrature (float64)
@@ -116,8 +125,9 @@ def make_cosmo_table(cosmo: Cosmology = PLANCK15, z_max: float = 3.0, dz: float 
     ddc = C_KMS / cosmo.H0 / ez
     age = cosmo.age(z)
     dage = -GYR_KM_S_MPC / cosmo.H0 / ((1.0 + z) * ez)
-    f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
-    return CosmoTable(f(dz), f(dc), f(ddc), f(age), f(dage))
+    for a in (dc, ddc, age, dage):
+        a.setflags(write=False)  # shared by every caller: read-only
+    return dz, dc, ddc, age, dage
 
 
 def _hermite(x, dx, y, dy):
