@@ -23,6 +23,7 @@ quantity; the last good checkpoint is kept.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -409,11 +410,20 @@ def fit(ctx: FitContext, run: str | os.PathLike, resume: bool = False, progress:
     return {"summary": summary, "params": params, "history": history}
 
 
+@functools.partial(jax.jit, static_argnames=("band_idx", "mag_lim"))
+def _observe(model, noise, theta, key, band_idx, mag_lim):
+    flux = forward.forward_fluxes(model, theta, chunk_size=16384)
+    noisy, _ = observe.add_noise(noise, flux, key)
+    sel = observe.hard_selection(noisy, band_idx, mag_lim) if band_idx is not None else jnp.ones(noisy.shape[0], bool)
+    return noisy, sel
+
+
+_derived = jax.jit(forward.derived_quantities)
+
+
 def observe_theta(ctx: FitContext, theta, key):
     """Noisy fluxes (N, B) of parameters theta and whether each passes the hard selection (N,)."""
-    flux = forward.forward_fluxes(ctx.model, jnp.asarray(theta, jnp.float32), chunk_size=16384)
-    noisy, _ = observe.add_noise(ctx.noise, flux, key)
-    sel = observe.hard_selection(noisy, ctx.band_idx, ctx.mag_lim) if ctx.band_idx is not None else jnp.ones(noisy.shape[0], bool)
+    noisy, sel = _observe(ctx.model, ctx.noise, jnp.asarray(theta, jnp.float32), key, ctx.band_idx, ctx.mag_lim)
     return np.asarray(noisy), np.asarray(sel)
 
 
@@ -430,7 +440,7 @@ def population_samples(ctx: FitContext, params, n_per_member: int, seed: int = 4
         d = forward.theta_to_columns(theta)
         d.update({f"flux_{b}": noisy[:, j] for j, b in enumerate(ctx.bands)})
         d["selected"] = sel
-        d.update({kk: np.asarray(v) for kk, v in forward.derived_quantities(ctx.model, theta).items() if kk not in d})
+        d.update({kk: np.asarray(v) for kk, v in _derived(ctx.model, jnp.asarray(theta, jnp.float32)).items() if kk not in d})
         d["member"] = np.full(n_per_member, m, np.int16)
         for kk, v in d.items():
             cols.setdefault(kk, []).append(np.asarray(v))
