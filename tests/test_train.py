@@ -135,7 +135,7 @@ def test_kl_term_adds_weighted_kl_of_the_same_samples(sdss):
 
     from popsed_jax import flows
 
-    cfg0 = train.FitConfig(**TINY)
+    cfg0 = train.FitConfig(**TINY, kl_weight=0.0)
     ctx0 = train.prepare(sdss, cfg0)
     ctx1 = dataclasses.replace(ctx0, cfg=dataclasses.replace(cfg0, kl_weight=0.25))
     st = train.statics(ctx0)
