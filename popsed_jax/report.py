@@ -39,9 +39,11 @@ CORE_FIGURES = {
     "metallicity, diffuse dust, log SFR (100 Myr) and mass-weighted age.",
 }
 SCIENCE_FIGURES = {
-    "nz.png": "Redshift distribution n(z).",
-    "smf.png": "Stellar mass function.",
-    "sfms.png": "Star-forming main sequence (SFR vs stellar mass).",
+    "nz.png": "Redshift distribution n(z) of the selected population vs the catalog's spectroscopic redshifts (never seen by the fit).",
+    "smf.png": "Stellar mass function: 1/Vmax (forward-modelled z_max) and the population's intrinsic one, with Baldry et al. (2012).",
+    "sfms.png": "Star-forming main sequence (SFR vs stellar mass) at z < 0.1, with Speagle et al. (2014) and Renzini & Peng (2015).",
+    "masses_vs_kcorrect.png": "Stellar masses of the population vs kcorrect template fits of the same galaxies at their spec-z "
+    "(BC03 + Chabrier, Planck15, stars + remnants): whole sample and redshift slices.",
 }
 EVAL_FIGURES = {
     "corner_vs_truth.png": "Recovered population (blue) vs the mock's true parameters (black), selected galaxies only.",
@@ -51,6 +53,7 @@ CONFIG_GROUPS = (
     ("Optimisation", ("steps", "lr", "n_sim", "batch_obs", "members", "seed", "loss")),
     ("Annealing schedules", ("blur", "noise_c", "noise_tau")),
     ("Survey and data", ("limit", "selection_width", "z_range", "colours")),
+    ("Population prior", ("z_prior", "kl_weight")),
     ("Validation", ("val_loss", "val_fraction", "n_val", "val_every")),
     ("Normalizing flow", ("flow_layers", "flow_bins", "flow_hidden")),
     ("Forward model", ("met_mode",)),
@@ -70,6 +73,8 @@ CONFIG_HELP = {
     "limit": "survey magnitude limit",
     "selection_width": "width of the soft selection [mag]",
     "z_range": "redshift range of the prior box",
+    "z_prior": "the flow's starting redshift distribution: uniform in comoving volume (\"volume\") or in z",
+    "kl_weight": "weight of KL(population || starting distribution) added to the training loss",
     "colours": "features: r asinh mag + adjacent colours",
     "val_loss": "validation divergence and data floor",
     "val_fraction": "held-out fraction of the catalog",
