@@ -19,9 +19,10 @@ import json
 import math
 from pathlib import Path
 
+from .evaluate import FLAG_RATIO  # train.fit flags a member whose val/floor exceeds this (or is non-finite)
+
 __all__ = ["write_report", "build_report_html", "FLAG_RATIO"]
 
-FLAG_RATIO = 3.0  # train.fit flags a member whose val/floor exceeds this (or is non-finite)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_TABLE_ROWS = 40  # long columns in science.json are shown head + tail
 MAX_DEPTH = 5

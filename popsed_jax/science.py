@@ -34,6 +34,7 @@ import numpy as np
 from scipy import stats
 
 from . import forward, observe, plots
+from .evaluate import LOG_SSFR_FLOOR, SFR_FLOOR, log_sfr
 from .cosmology import PLANCK15
 from .mock import BALDRY12, H_SHIFT_DEX
 
@@ -44,8 +45,6 @@ __all__ = [
     "quiescent_fraction", "star_forming_fraction", "plot_sfms", "make_science_products",
 ]
 
-SFR_FLOOR = 1e-6  # Msun/yr: floor of log SFR (no star formation in the window -> -6)
-LOG_SSFR_FLOOR = -14.0  # log10(1/yr): floor of log sSFR
 FULL_SKY_DEG2 = 41252.96  # deg^2 in 4 pi sr
 KROUPA_TO_CHABRIER_DEX = -0.03  # log M (and log SFR) Chabrier - Kroupa, ~0.03 dex (e.g. Madau & Dickinson 2014: 0.61/0.66)
 DEFAULT_QUANTITIES = ("logM_surviving", "log_sfr_100myr", "log_sfr_10myr", "log_ssfr_100myr", "age_mw", "logZ", "z")
@@ -62,11 +61,6 @@ def _as_columns(samples) -> dict:
     if hasattr(samples, "colnames"):
         return {c: np.asarray(samples[c]) for c in samples.colnames if samples[c].ndim == 1}
     return {k: np.asarray(v) for k, v in dict(samples).items()}
-
-
-def log_sfr(sfr, floor: float = SFR_FLOOR):
-    """log10 SFR [Msun/yr] with SFR floored at ``floor`` (1e-6 Msun/yr by default)."""
-    return np.log10(np.maximum(np.asarray(sfr, float), floor))
 
 
 def _quantity(cols: dict, q: str) -> np.ndarray:

@@ -39,6 +39,7 @@ import optax
 
 from . import flows, forward, loss as loss_mod, observe
 from .catalog import Catalog
+from .evaluate import FLAG_RATIO
 
 
 class FitDiverged(RuntimeError):
@@ -398,7 +399,7 @@ def fit(ctx: FitContext, run: str | os.PathLike, resume: bool = False, progress:
     val = validation_divergence(ctx, params, eps_final)
     floor = data_floor(ctx, eps_final)
     ratio = val / floor if floor > 0 else np.full_like(val, np.inf)
-    flagged = [int(m) for m in np.nonzero(~np.isfinite(val) | (ratio > 3.0))[0]]
+    flagged = [int(m) for m in np.nonzero(~np.isfinite(val) | (ratio > FLAG_RATIO))[0]]
     summary = {
         "steps": cfg.steps, "members": cfg.members, "epsilon_final": eps_final,
         "val_divergence": val.tolist(), "data_floor": floor, "val_over_floor": ratio.tolist(),
