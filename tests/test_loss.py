@@ -9,7 +9,7 @@ import pytest
 from popsed_jax import loss as L
 
 
-_STATIC = ("threshold", "max_iterations", "eps_scaling", "momentum", "inner_iterations", "return_state")
+_STATIC = ("threshold", "max_iterations", "eps_scaling", "momentum", "inner_iterations", "return_state", "solver")
 _sd = jax.jit(L.sinkhorn_divergence, static_argnames=_STATIC)  # eager calls would recompile the loops
 
 
@@ -130,6 +130,78 @@ def test_data_self_term_reuse_and_jit():
     # epsilon traced under jit, data passed as arguments
     f = jax.jit(lambda x, y, e: _sd(x, y, e)[0])
     np.testing.assert_allclose(float(f(x, y, 0.1)), float(v_in), rtol=1e-4)
+
+
+def _mixture(n, seed, shift=0.0):
+    """4 correlated Gaussian clusters in 5-D with unequal weights: the hard case for
+    Sinkhorn (cluster-to-cluster mass balance is its slowest mode)."""
+    r0 = np.random.default_rng(1234)
+    means, A = r0.normal(0, 1.2, (4, 5)), r0.normal(0, 0.5, (4, 5, 5))
+    rng = np.random.default_rng(seed)
+    k = rng.choice(4, n, p=[0.4, 0.3, 0.2, 0.1])
+    return jnp.asarray(means[k] + np.einsum("nij,nj->ni", A[k], rng.normal(size=(n, 5))) + shift, jnp.float32)
+
+
+@pytest.mark.parametrize("eps", [0.3, 0.03])
+def test_scaling_solver_agrees_with_ott_sinkdiv(eps):
+    # independent implementation: ott-jax's own debiased divergence, run to a tight threshold
+    from ott.tools.sinkhorn_divergence import sinkdiv
+
+    x, y = _mixture(250, 1, shift=0.15), _mixture(200, 2)
+    a = jnp.asarray(np.random.default_rng(3).uniform(0.1, 1.0, 250), jnp.float32)
+    with jax.enable_x64(True):  # the reference in float64, far below float32's marginal-error floor
+        f64 = [jnp.asarray(np.asarray(t), jnp.float64) for t in (x, y, a)]
+        ref, out = jax.jit(lambda x, y, a: sinkdiv(x, y, a=a / a.sum(), epsilon=eps,
+                                                   solve_kwargs=dict(threshold=1e-7, max_iterations=200_000)))(*f64)
+        assert all(bool(c) for c in out.converged)
+    v, info = _sd(x, y, eps, a=a, threshold=1e-5, max_iterations=20_000)
+    assert bool(info.converged)
+    np.testing.assert_allclose(float(v), float(ref), rtol=2e-4)
+    # the default threshold is well within 1% of the converged value
+    v_def, info = _sd(x, y, eps, a=a)
+    assert bool(info.converged) and abs(float(v_def) / float(ref) - 1) < 1e-3
+
+
+def test_scaling_and_ott_solvers_agree_with_weights_and_states():
+    x, y = _cloud(250, 3, seed=21), _cloud(200, 3, seed=22) + 0.4
+    # (ott's path stalls above 1e-4 in float32 here: compare at its working threshold)
+    a = jnp.asarray(np.random.default_rng(23).uniform(0.2, 1.0, 250), jnp.float32)
+    kw = dict(a=a, threshold=1e-3, max_iterations=20_000)
+    v_s, i_s = _sd(x, y, 0.1, solver="scaling", return_state=True, **kw)
+    v_o, i_o = _sd(x, y, 0.1, solver="ott", return_state=True, **kw)
+    assert bool(i_s.converged) and bool(i_o.converged)
+    np.testing.assert_allclose(float(v_s), float(v_o), rtol=1e-3)
+    g_s, g_o = np.asarray(i_s.state.g_xy), np.asarray(i_o.state.g_xy)
+    np.testing.assert_allclose(g_s - g_s.mean(), g_o - g_o.mean(), atol=3e-3)  # potentials: up to a constant
+    with pytest.raises(ValueError, match="solver"):
+        L.LossConfig(solver="newton")
+
+
+def test_scaling_solver_tiny_and_zero_weights_stay_finite_and_fast():
+    # soft selection weights span 40 decades; the kernel of OT(a, a) at an isolated
+    # point is 1/a_i (overflowed before the clamp, and the solve then looped to its cap)
+    x, y = _mixture(300, 4) * 3.0, _mixture(300, 5)
+    logw = jnp.linspace(-95.0, 0.0, 300)
+    a = jnp.where(jnp.arange(300) % 7 == 0, 0.0, jnp.exp(logw))
+    for eps in (0.5, 0.05):
+        f = jax.jit(jax.value_and_grad(lambda x, a: L.sinkhorn_divergence(x, y, eps, a=a), argnums=(0, 1), has_aux=True))
+        (v, info), (gx, ga) = f(x, a)
+        assert bool(info.converged) and np.isfinite(float(v))
+        assert int(info.iterations_xx) < 100
+        assert np.all(np.isfinite(np.asarray(gx))) and np.all(np.isfinite(np.asarray(ga)))
+
+
+def test_scaling_solver_under_vmap_matches_single_calls():
+    # ensemble members call the loss under vmap: the batched while-loops must give each
+    # member its own answer
+    xs = jnp.stack([_mixture(300, s, shift=0.1 * s) for s in range(3)])
+    y = _mixture(300, 9)
+    eps = jnp.array([0.3, 0.1, 0.03], jnp.float32)
+    batched, info = jax.jit(jax.vmap(lambda x, e: L.sinkhorn_divergence(x, y, e)))(xs, eps)
+    assert bool(jnp.all(info.converged))
+    for k in range(3):
+        single, _ = _sd(xs[k], y, eps[k])
+        np.testing.assert_allclose(float(batched[k]), float(single), rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------
