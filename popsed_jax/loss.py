@@ -72,6 +72,7 @@ points and their number may change between calls; the ladder is skipped then.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple, Optional
 
@@ -425,12 +426,39 @@ _SOLVERS = {"scaling": _solve_scaling, "ott": _solve_ott}
 DEFAULT_MOMENTUM = {"scaling": 1.9, "ott": 1.8}
 
 
-def _solve(cost, a, b, epsilon, eps_start, *, solver="scaling", momentum=None, **kw) -> _Solved:
+def _solve(cost, a, b, epsilon, eps_start, *, solver="scaling", momentum=None, init=None, **kw) -> _Solved:
+    """Dispatch to a solver. Under ``vmap`` (ensemble members) on CPU the scaling solver runs
+    the batch one problem after another (``lax.map``) instead of as one batched while-loop:
+    a batched loop runs every member for as many iterations as the slowest one needs, and on
+    CPU a batched matrix-vector product costs as much as the separate ones (4 members: 5.0x
+    one member vmapped, 2.3x mapped, measured). On accelerators the batched loop is kept."""
     if solver not in _SOLVERS:
         raise ValueError(f"solver must be one of {sorted(_SOLVERS)}, got {solver!r}")
     if momentum is None:
         momentum = DEFAULT_MOMENTUM[solver]
-    return _SOLVERS[solver](cost, a, b, epsilon, eps_start, momentum=momentum, **kw)
+    fn = functools.partial(_SOLVERS[solver], momentum=momentum, **kw)
+    args = (cost, a, b, epsilon, eps_start)
+    if init is not None:
+        args = args + tuple(init)
+    if solver != "scaling" or jax.default_backend() != "cpu":
+        return fn(*args[:5], init=None if init is None else args[5:])
+
+    @jax.custom_batching.custom_vmap
+    def one(*args):
+        return fn(*args[:5], init=None if len(args) == 5 else args[5:])
+
+    @one.def_vmap
+    def _map_over_batch(axis_size, in_batched, *args):
+        batched = [x for x, bt in zip(args, in_batched) if bt]
+
+        def single(xs):
+            it = iter(xs)
+            return one(*[next(it) if bt else x for x, bt in zip(args, in_batched)])
+
+        out = jax.lax.map(single, batched)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return one(*jax.lax.stop_gradient(args))  # no tangents reach it (custom_vmap has no AD rule)
 
 
 def _diameter_sq(*clouds) -> Array:

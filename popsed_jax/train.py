@@ -58,7 +58,7 @@ class FitConfig:
     blur: tuple = ((0.0, 0.5), (0.35, 0.1), (0.75, 0.03), (1.0, 0.02))  # (fraction of training, epsilon)
     noise_c: float = 20.0
     noise_tau: float = 10.0
-    loss: str = "sliced"  # training loss: "sliced" (sliced W2, O(N log N)) or "sinkhorn" (annealed blur)
+    loss: str = "sinkhorn"  # training loss: "sinkhorn" (annealed blur) or "sliced" (sliced W2, O(N log N))
     val_loss: str = "sinkhorn"  # validation divergences and the data floor: Sinkhorn at the final blur
     limit: str | None = "r<17.77"
     selection_width: float = 0.05  # mag, width of the soft selection
