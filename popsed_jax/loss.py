@@ -447,11 +447,9 @@ def _solve(cost, a, b, epsilon, eps_start, *, solver="scaling", momentum=None, i
     if momentum is None:
         momentum = DEFAULT_MOMENTUM[solver]
     fn = functools.partial(_SOLVERS[solver], momentum=momentum, **kw)
-    args = (cost, a, b, epsilon, eps_start)
-    if init is not None:
-        args = args + tuple(init)
     if solver != "scaling" or jax.default_backend() != "cpu":
-        return fn(*args[:5], init=None if init is None else args[5:])
+        return fn(cost, a, b, epsilon, eps_start, init=init)
+    args = (cost, a, b, epsilon, eps_start) + (() if init is None else tuple(init))
 
     @jax.custom_batching.custom_vmap
     def one(*args):
