@@ -24,6 +24,13 @@ is a *volume-weighted, non-evolving* population, independent in z and mass:
   median 0.226, mean 0.225, sd 0.013, 5-95% 0.204-0.241; re-measure with
   :func:`measure_formed_minus_surviving`; a test keeps the two in step), truncated to [8.0, 12.5].
 
+``zlogm = "sdss"`` (:func:`sdss_zlogm_sampler`) follows the paper's recipe instead: (z, logM)
+pairs drawn, with replacement, from a real survey's joint distribution -- the shipped SDSS
+main sample after r < 17.77, at its spectroscopic redshifts, with kcorrect (Blanton & Roweis
+2007; ``popsed_jax.independent``) surviving masses + ``FORMED_MINUS_SURVIVING_DEX``. That
+population is already magnitude-limited, so most draws pass the cut again (not all: the
+Table-2 SEDs are not the galaxies' own); it needs the optional ``kcorrect`` package.
+
 Most volume-weighted draws are far below the flux limit, so :func:`draw_mock` oversamples
 and applies the selection (on the *noisy* flux) round after round until n rows are
 selected. A conservative pre-screen skips the forward model for draws that cannot pass:
@@ -51,7 +58,8 @@ __all__ = [
     "TABLE2", "sample_table2", "sample_z_volume", "sample_logm_baldry12",
     "sample_zlogm_volume", "measure_formed_minus_surviving", "draw_mock",
     "mock_to_catalog", "add_mock_parser", "mock_main", "plot_mock_vs_sdss",
-    "SDSS_UGRIZ", "FORMED_MINUS_SURVIVING_DEX", "BALDRY12",
+    "SDSS_UGRIZ", "FORMED_MINUS_SURVIVING_DEX", "BALDRY12", "zlogm_pairs_sampler",
+    "sdss_zlogm_sampler", "ZLOGM_SAMPLERS",
 ]
 
 SDSS_UGRIZ = tuple(f"sdss2010-{b}" for b in "ugriz")
@@ -124,6 +132,44 @@ def sample_zlogm_volume(n, rng, z_range=Z_RANGE):
     z = sample_z_volume(n, rng, z_range)
     logm = sample_logm_baldry12(n, rng) + FORMED_MINUS_SURVIVING_DEX
     return z, logm
+
+
+def zlogm_pairs_sampler(z, logm, name="given (z, logM) pairs"):
+    """Sampler drawing (z, logM formed) pairs with replacement from the given (N,) arrays;
+    `name` labels the population in the mock's metadata."""
+    z, logm = np.asarray(z, float), np.asarray(logm, float)
+    ok = np.isfinite(z) & np.isfinite(logm)
+    if z.shape != logm.shape or not ok.any():
+        raise ValueError(f"z and logM must be equal-shape arrays with finite rows; got {z.shape}, {logm.shape}, {int(ok.sum())} finite")
+    z, logm = z[ok], logm[ok]
+
+    def sample(n, rng):
+        i = _rng(rng).integers(0, z.size, n)
+        return z[i], logm[i]
+
+    sample.n_pairs = int(z.size)
+    sample.z_max = float(z.max())  # draw_mock builds its forward model up to this z
+    sample.__name__ = name
+    return sample
+
+
+def sdss_zlogm_sampler(limit="r<17.77"):
+    """(z, logM formed) of the shipped SDSS main sample: spec-z and kcorrect surviving masses
+    + ``FORMED_MINUS_SURVIVING_DEX``, after `limit` (the paper's recipe with GAMA replaced by
+    SDSS; needs ``pip install kcorrect``; about 6 s)."""
+    from .catalog import load_catalog
+    from .independent import kcorrect_masses
+    from .observe import select_catalog
+
+    cat = load_catalog("sdss")
+    if limit:
+        cat = select_catalog(cat, limit)
+    kc = kcorrect_masses(cat)
+    return zlogm_pairs_sampler(kc["z"], kc["logM_surviving_kc"] + FORMED_MINUS_SURVIVING_DEX,
+                               name=f"the SDSS main sample ({limit}; spec-z, kcorrect masses)")
+
+
+ZLOGM_SAMPLERS = {"volume": lambda: sample_zlogm_volume, "sdss": sdss_zlogm_sampler}
 
 
 def sample_table2(n, key_or_seed=0, zlogm_sampler: Callable | None = None) -> np.ndarray:
@@ -233,7 +279,7 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
         if n is None or int(n) < 1:
             raise ValueError("draw_mock needs n >= 1 or a params_table")
         n = int(n)
-        z_max = z_range[1]
+        z_max = max(z_range[1], float(getattr(zlogm_sampler, "z_max", 0.0)))
     if model is None:
         model = build_forward_model(filters=list(filters), z_max=z_max)
     if tuple(model.bands) != filters:
@@ -326,8 +372,10 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
     t["z_spec"] = theta[:, 0]
     if return_all:
         t["selected"] = sel
-    meta = dict(source="popsed_jax.mock.draw_mock", population="Table 2 + volume-weighted Baldry+12"
-                if params_table is None else "params_table", **info)
+    population = "params_table" if params_table is not None else (
+        "Table 2 + volume-weighted Baldry+12" if zlogm_sampler in (None, sample_zlogm_volume)
+        else f"Table 2 + (z, logM) from {getattr(zlogm_sampler, '__name__', 'a custom sampler')}")
+    meta = dict(source="popsed_jax.mock.draw_mock", population=population, **info)
     t.meta["PSBANDS"] = json.dumps(list(filters))
     t.meta["PSMETA"] = json.dumps(meta)
     return t
@@ -358,6 +406,9 @@ def add_mock_parser(subparsers):
     p.add_argument("--noise-model", metavar="JSON", default=None, help="noise model JSON (default: fit to the SDSS main sample)")
     p.add_argument("--limit", default="r<17.77", help="selection on the noisy flux, e.g. 'r<17.77'; 'none' for no cut")
     p.add_argument("--all", action="store_true", help="keep unselected rows, with a 'selected' column")
+    p.add_argument("--zlogm", choices=sorted(ZLOGM_SAMPLERS), default="volume",
+                   help="(z, logM) population: 'volume' (volume-weighted z, Baldry+12 masses; default) or "
+                        "'sdss' (pairs from the SDSS main sample: spec-z, kcorrect masses; the paper's recipe)")
     p.add_argument("--out", required=True, metavar="MOCK.fits")
     p.set_defaults(func=mock_main)
     return p
@@ -371,7 +422,8 @@ def mock_main(args):
     limit = None if str(args.limit).lower() in ("none", "") else args.limit
     params = Table.read(args.params) if args.params else None
     tab = draw_mock(args.n, seed=args.seed, filters=args.filters, noise_model=args.noise_model,
-                    limit=limit, params_table=params, return_all=args.all, progress=True)
+                    limit=limit, params_table=params, return_all=args.all, progress=True,
+                    zlogm_sampler=None if params is not None else ZLOGM_SAMPLERS[args.zlogm]())
     fmt = _guess_format(args.out)
     kw = dict(path="catalog", serialize_meta=True) if fmt == "hdf5" else {}
     tab.write(args.out, format=fmt, overwrite=True, **kw)
