@@ -93,7 +93,12 @@ def evaluate_run(run, truth, json_out=None, n_prior=40000) -> dict:
     prior = _prior_samples(ctx, n_prior)
     scores = ev.normalized_w1(rec, truth_cols, prior)
     raw = {q: ev.w1(rec, truth_cols, q) for q in scores}
-    result = {"normalized_w1": scores, "w1": raw, "prior": f"the flow's starting distribution (z_prior = {cfg.z_prior!r})", "n_recovered_selected": int(rsel.sum()), "n_truth": int(tsel.sum()), "n_prior_selected": int(len(prior["z"]))}
+    fluxes = lambda cols: np.stack([np.asarray(cols[f"flux_{b}"], float) for b in bands], -1)  # noqa: E731
+    photometry = None
+    if all(f"flux_{b}" in truth_cols for b in bands):
+        photometry = ev.photometric_distinguishability(fluxes(rec), fluxes(truth_cols), observe.softening_from_noise(noise),
+                                                       colours=cfg.colours)
+    result = {"normalized_w1": scores, "w1": raw, "photometry": photometry, "prior": f"the flow's starting distribution (z_prior = {cfg.z_prior!r})", "n_recovered_selected": int(rsel.sum()), "n_truth": int(tsel.sum()), "n_prior_selected": int(len(prior["z"]))}
     (run / "evaluation.json").write_text(json.dumps(result, indent=2))
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2))

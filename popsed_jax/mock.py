@@ -201,15 +201,25 @@ def measure_formed_minus_surviving(model=None, n=5000, seed=0):
 # --------------------------------------------------------------------------
 
 def _default_noise_model(bands):
-    from .catalog import read_sdss_main
+    """Noise model fitted to the shipped SDSS main sample in `bands`: SDSS ugriz and the
+    file's 2MASS/GALEX columns (rows lacking an extra band are dropped before the fit)."""
+    from .catalog import _SDSS_EXTRA, read_sdss_main
     from .observe import fit_noise_model
-    short = []
+    short, extra = [], []
     for b in bands:
-        if not b.startswith("sdss2010-") or b[-1] not in "ugriz":
-            raise ValueError(f"no default noise model for band {b!r}: pass noise_model= "
-                             "(a NoiseModel or a JSON file from save_noise_model)")
-        short.append(b[-1])
-    return fit_noise_model(read_sdss_main(bands=tuple(short)))
+        if b.startswith("sdss2010-") and b[-1] in "ugriz":
+            short.append(b[-1])
+        elif b in _SDSS_EXTRA:
+            extra.append(b)
+        else:
+            raise ValueError(f"no default noise model for band {b!r} (the SDSS file has ugriz and "
+                             f"{sorted(_SDSS_EXTRA)}): pass noise_model= (a NoiseModel or a JSON file "
+                             "from save_noise_model)")
+    cat = read_sdss_main(bands=tuple(short), extra=tuple(extra))
+    nm = fit_noise_model(cat)
+    if tuple(nm.bands) != tuple(bands):
+        raise ValueError(f"the default noise model needs the SDSS bands first, in order: got {list(bands)}")
+    return nm
 
 
 def _flux_bound_table(model, band, z_range, n_z=80):
