@@ -183,3 +183,22 @@ def test_sdss_zlogm_population_is_the_sdss_main_sample(sdss):
     med_surv = np.median(lm) - M.FORMED_MINUS_SURVIVING_DEX
     assert 10.6 < med_surv < 11.1, med_surv
     assert set(np.round(zz, 6)) <= set(np.round(sdss[2].z_spec, 6))
+
+
+def test_default_noise_model_covers_the_sdss_file_2mass_bands():
+    """ugriz + 2MASS: the noise model comes from the SDSS file's own errors, and 2MASS
+    extended-source errors are far larger than SDSS ones at the same flux (the XSC is several
+    magnitudes shallower than SDSS imaging), as measured per band."""
+    from popsed_jax.observe import noise_sigma_median
+    import jax.numpy as jnp
+
+    bands = M.SDSS_UGRIZ + ("twomass-J", "twomass-H", "twomass-Ks")
+    nm = M._default_noise_model(bands)
+    assert tuple(nm.bands) == bands
+    sig = np.asarray(noise_sigma_median(nm, jnp.full((1, len(bands)), 100.0, jnp.float32)))[0]
+    assert np.all(sig[5:] > 20 * sig[2]), sig  # J, H, Ks vs r at 100 nmgy (r = 17.5)
+    with pytest.raises(ValueError, match="hsc-r"):
+        M._default_noise_model(("sdss2010-r", "hsc-r"))
+    ap = argparse.ArgumentParser()
+    M.add_mock_parser(ap.add_subparsers())
+    assert ap.parse_args(["mock", "--n", "5", "--zlogm", "sdss", "--out", "x.fits"]).zlogm == "sdss"
