@@ -662,12 +662,21 @@ def format_summary(d: dict) -> str:
     return "\n".join(lines)
 
 
+#: names of the shipped SDSS main sample: ugriz, or ugriz + its 2MASS J, H, Ks (rows lacking one dropped)
+SHIPPED_SDSS = {"sdss": (), "sdss+2mass": ("twomass-J", "twomass-H", "twomass-Ks")}
+
+
+def is_shipped_sdss(name) -> bool:
+    return name is None or str(name).lower() in SHIPPED_SDSS
+
+
 def load_catalog(path, sdss: bool = False) -> Catalog:
     """Read a catalog file in any supported form: 'sdss' (or None) for the shipped SDSS
-    main sample, the SDSS kcorrect format (auto-detected by its MODELFLUX column), or a
-    file written by :func:`write_catalog` (a ``popsed-jax mock`` output included)."""
-    if path is None or str(path).lower() == "sdss":
-        return read_sdss_main()
+    main sample in ugriz, 'sdss+2mass' for it with its 2MASS J, H, Ks, the SDSS kcorrect
+    format (auto-detected by its MODELFLUX column), or a file written by
+    :func:`write_catalog` (a ``popsed-jax mock`` output included)."""
+    if is_shipped_sdss(path):
+        return read_sdss_main(extra=SHIPPED_SDSS["sdss" if path is None else str(path).lower()])
     if not Path(path).exists():
         raise FileNotFoundError(f"catalog file not found: {path}")
     if not sdss:

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_forward)
 
     ft = sub.add_parser("fit", help="fit a population to a catalog (PopSED)")
-    ft.add_argument("catalog", help="catalog file (SDSS kcorrect format, a popsed-jax catalog or mock), or 'sdss' for the shipped SDSS sample")
+    ft.add_argument("catalog", help="catalog file (SDSS kcorrect format, a popsed-jax catalog or mock), or 'sdss' / 'sdss+2mass' for the shipped SDSS sample (ugriz / ugriz + 2MASS JHKs)")
     ft.add_argument("--config", default=None, help="TOML file with FitConfig keys (optionally under [fit])")
     ft.add_argument("--steps", type=int, default=None)
     ft.add_argument("--members", type=int, default=None, help="ensemble members trained at once")

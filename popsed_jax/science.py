@@ -34,6 +34,7 @@ import numpy as np
 from scipy import stats
 
 from . import forward, observe, plots
+from .catalog import is_shipped_sdss
 from .evaluate import LOG_SSFR_FLOOR, SFR_FLOOR, log_sfr
 from .cosmology import PLANCK15
 from .mock import BALDRY12, H_SHIFT_DEX
@@ -580,7 +581,7 @@ def plot_sfms(samples, path, z_max: float = 0.1, threshold: float = -11.0, mass_
 # 5. everything for a run folder
 # ----------------------------------------------------------------------------------------
 def _resolve_catalog(spec: str, run: Path) -> str:
-    if str(spec).lower() == "sdss" or Path(spec).is_absolute() or Path(spec).exists():
+    if is_shipped_sdss(spec) or Path(spec).is_absolute() or Path(spec).exists():
         return spec
     for base in (run, run.parent, run.parent.parent):
         if (base / spec).exists():
@@ -666,9 +667,9 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
             model = forward.build_forward_model(filters=list(bands), z_max=cfg.z_range[1], met_mode=cfg.met_mode)
         smf = vmax_smf(cols, model, cfg.limit, cfg.z_range, obs.n, area_deg2=area_deg2, sampling_rate=sampling_rate, n_z=n_z)
         if area_deg2 is None:
-            notes.append(SDSS_NOTE if cat_name.lower() == "sdss" else
+            notes.append(SDSS_NOTE if is_shipped_sdss(cat_name) else
                          "no survey area given: SMF normalisation unknown (phi per unit sky fraction x sampling rate)")
-        pinfo = plot_smf(smf, out / "smf.png", sdss=cat_name.lower() == "sdss")
+        pinfo = plot_smf(smf, out / "smf.png", sdss=is_shipped_sdss(cat_name))
         result["smf"] = {k: v for k, v in smf.items() if k not in ("z_max", "vmax")}
         result["smf"].update(pinfo, z_max_median=float(np.median(smf["z_max"])) if smf["z_max"].size else None,
                              baldry12_phi=baldry12_smf(smf["logM"]))

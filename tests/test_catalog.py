@@ -229,3 +229,15 @@ def test_summary_and_info(sdss, tmp_path):
     C.write_catalog(sdss, tmp_path / "c.ecsv")
     assert C.catalog_info_main(str(tmp_path / "c.ecsv")).splitlines()[1:] == \
         text.splitlines()[1:]
+
+
+def test_shipped_catalog_names(sdss):
+    """'sdss' is the shipped file in ugriz; 'sdss+2mass' adds its 2MASS J, H, Ks, dropping only
+    rows that lack one (the file is a 2MASS-detected subsample: 714 lack H)."""
+    assert C.load_catalog("SDSS").n == sdss.n
+    nir = C.load_catalog("sdss+2mass")
+    assert nir.bands == UGRIZ + ("twomass-J", "twomass-H", "twomass-Ks")
+    assert nir.n == sdss.n - sum(nir.meta["dropped"].values())
+    assert C.is_shipped_sdss("sdss+2mass") and not C.is_shipped_sdss("sdss.fits")
+    i = np.searchsorted(sdss.ids, nir.ids)
+    np.testing.assert_allclose(nir.flux[:, :5], sdss.flux[i])
