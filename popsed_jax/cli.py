@@ -88,7 +88,9 @@ def _cmd_evaluate(a):
     res = fitrun.evaluate_run(a.run, a.truth, a.json)
     print(evaluate.format_table(res["normalized_w1"], res.get("w1")))
     ph = res.get("photometry")
-    if ph:
+    if ph and "skipped" in ph:
+        print(f"photometry test skipped: {ph['skipped']}")
+    elif ph:
         print(f"photometry, recovered vs truth (permutation test, Sinkhorn divergence, n = {ph['n']}, eps = {ph['epsilon']:g}): "
               f"z = {ph['z']:.1f}, p = {ph['p']:.2f}, divergence / null mean = {ph['ratio']:.2f}. "
               "Small z: the photometry cannot tell the recovered population from the truth at this sample size, "
