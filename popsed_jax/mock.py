@@ -362,7 +362,10 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
                 "limit or change the (z, logM) sampler")
         theta, flux, noisy, sigma = (np.concatenate([p[i] for p in parts])[:n] for i in range(4))
         sel = np.ones(n, bool)
-    info["acceptance"] = float(len(theta) / max(info["n_drawn"], 1)) if not return_all else float(sel.mean())
+    if theta_in is None and not return_all:
+        info["acceptance"] = float(n_sel / max(info["n_drawn"], 1))  # over every draw, surplus selected rows included
+    else:
+        info["acceptance"] = float(sel.mean())
 
     t = Table()
     t["id"] = np.arange(len(theta), dtype=np.int64)
