@@ -63,6 +63,7 @@ class FitConfig:
     noise_c: float = 20.0
     noise_tau: float = 10.0
     loss: str = "sliced"  # training loss: "sliced" (sliced W2) or "sinkhorn" (annealed blur); see the module docstring
+    n_projections: int = 128  # random directions per step of the sliced loss
     val_loss: str = "sinkhorn"  # validation divergences and the data floor: Sinkhorn at the final blur
     limit: str | None = "r<17.77"
     selection_width: float = 0.05  # mag, width of the soft selection
@@ -179,16 +180,18 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: observe.NoiseModel | None
     if cfg.limit:
         band, mag_lim = observe.parse_limit(cfg.limit, cat.bands)
         band_idx = observe.band_index(cat.bands, band)
-    loss_fn = make_loss_fn(cfg.loss)
+    if cfg.n_projections < 1:
+        raise ValueError(f"n_projections must be >= 1, got {cfg.n_projections}")
+    loss_fn = make_loss_fn(cfg.loss, cfg.n_projections)
     return FitContext(cfg, model, noise, flow_cfg, softening, stats, std(feats[tr]), std(feats[va]), band_idx, mag_lim, tuple(cat.bands),
                       loss_fn, make_loss_fn(cfg.val_loss))
 
 
-def make_loss_fn(kind: str):
+def make_loss_fn(kind: str, n_projections: int = 128):
     """Loss behind the common interface, with loss.py's default solver settings (scaling-form
     Sinkhorn with its epsilon ladder: at 2048 x 2048 points the ladder cuts the iterations
     at the final blurs 0.02-0.1 from 600-2000 to 200-350, measured)."""
-    return loss_mod.make_loss(loss_mod.LossConfig(kind=kind))
+    return loss_mod.make_loss(loss_mod.LossConfig(kind=kind, n_projections=n_projections))
 
 
 def statics(ctx: FitContext):

@@ -76,6 +76,8 @@ def test_too_few_galaxies_is_refused(sdss):
     small = catalog_subset(sdss, np.arange(sdss.n) < 250)
     with pytest.raises(ValueError, match="minibatch needs 256"):
         train.prepare(small, train.FitConfig(**TINY))
+    with pytest.raises(ValueError, match="n_projections must be >= 1, got 0"):
+        train.prepare(sdss, train.FitConfig(**dict(TINY, n_projections=0)))
 
 
 def test_schedules():
