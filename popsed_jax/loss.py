@@ -741,6 +741,8 @@ class LossConfig:
             raise ValueError(f"LossConfig.kind must be 'sinkhorn' or 'sliced', got {self.kind!r}")
         if self.solver not in _SOLVERS:
             raise ValueError(f"LossConfig.solver must be one of {sorted(_SOLVERS)}, got {self.solver!r}")
+        if self.n_projections < 1:
+            raise ValueError(f"n_projections must be >= 1, got {self.n_projections}")
 
 
 def make_loss(config: LossConfig = LossConfig()):

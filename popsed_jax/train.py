@@ -180,8 +180,6 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: observe.NoiseModel | None
     if cfg.limit:
         band, mag_lim = observe.parse_limit(cfg.limit, cat.bands)
         band_idx = observe.band_index(cat.bands, band)
-    if cfg.n_projections < 1:
-        raise ValueError(f"n_projections must be >= 1, got {cfg.n_projections}")
     loss_fn = make_loss_fn(cfg.loss, cfg.n_projections)
     return FitContext(cfg, model, noise, flow_cfg, softening, stats, std(feats[tr]), std(feats[va]), band_idx, mag_lim, tuple(cat.bands),
                       loss_fn, make_loss_fn(cfg.val_loss))
