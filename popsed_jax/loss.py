@@ -661,26 +661,50 @@ def _w_pp_1d_uniform(px: Array, py: Array, p) -> Array:
     return jnp.mean(jnp.abs(d) ** p, axis=0)
 
 
-def _w_pp_1d_weighted(px: Array, a: Array, py: Array, b: Array, p) -> Array:
+def _w_pp_1d_weighted(px: Array, a: Array, py: Array, b: Optional[Array], p) -> Array:
     """Exact W_p^p between weighted 1-D empirical measures, one per column of px / py.
 
-    int_0^1 |F^-1(t) - G^-1(t)|^p dt on the merged grid of both cumulative weights; the
-    quantile functions are piecewise constant on it. Differentiable in px, py (sorted values)
-    and in a, b (interval lengths).
+    int_0^1 |F^-1(t) - G^-1(t)|^p dt. Both quantile functions are piecewise constant, so the
+    integral is a sum over the merged grid of the cumulative weights ca (n,) and cb (m,).
+    The grid is not sorted: with c_i = #{j: cb_j < ca_i} (a searchsorted; closed form
+    ceil(m ca_i) - 1 when ``b`` is None, i.e. uniform) every x breakpoint ca_i closes an
+    interval on which G^-1 = y_(c_i), and with d_j = #{i: c_i <= j} (a histogram) every y
+    breakpoint cb_j closes one on which F^-1 = x_(d_j). One sort per side and O(n + m) work,
+    against a sort of the merged n + m grid and two searchsorteds (2.5x slower at
+    2048 x 2048 x 128 directions). Differentiable in px, py (sorted values) and in a, b
+    (interval lengths); for a zero weight the gradient is the one-sided derivative of adding
+    mass there.
     """
     n, m = px.shape[0], py.shape[0]
+    dt = px.dtype
+    zero = jnp.zeros((1,), dt)
 
     def one(cx, cy):
-        ox, oy = jnp.argsort(cx), jnp.argsort(cy)
-        xs, ys = cx[ox], cy[oy]
-        ca, cb = jnp.cumsum(a[ox]), jnp.cumsum(b[oy])
-        ca, cb = ca / ca[-1], cb / cb[-1]
-        t = jnp.sort(jnp.concatenate([ca, cb]))
-        t0 = jnp.concatenate([jnp.zeros((1,), t.dtype), t[:-1]])
-        mid = jax.lax.stop_gradient(0.5 * (t + t0))
-        ix = jnp.clip(jnp.searchsorted(jax.lax.stop_gradient(ca), mid), 0, n - 1)
-        iy = jnp.clip(jnp.searchsorted(jax.lax.stop_gradient(cb), mid), 0, m - 1)
-        return jnp.sum((t - t0) * jnp.abs(xs[ix] - ys[iy]) ** p)
+        ox = jnp.argsort(cx)
+        xs = cx[ox]
+        ca = jnp.cumsum(a[ox])
+        ca = ca / ca[-1]
+        cas = jax.lax.stop_gradient(ca)
+        if b is None:
+            ys = jnp.sort(cy)
+            cb = (jnp.arange(m, dtype=dt) + 1) / m
+            c = jnp.clip(jnp.ceil(cas * m).astype(jnp.int32) - 1, 0, m)
+        else:
+            oy = jnp.argsort(cy)
+            ys = cy[oy]
+            cb = jnp.cumsum(b[oy])
+            cb = cb / cb[-1]
+            c = jnp.searchsorted(jax.lax.stop_gradient(cb), cas, side="left").astype(jnp.int32)
+        d = jnp.cumsum(jnp.zeros((m + 1,), jnp.int32).at[c].add(1))[:m]
+        ca0 = jnp.concatenate([zero, ca])          # ca0[i] = ca_{i-1}
+        cb0 = jnp.concatenate([zero, cb])
+        # the interval closed by ca_i (by cb_j) starts at the larger of the previous ca and
+        # cb; ties go to ca, so that zero weights get the one-sided gradient
+        start_a, start_b = ca0[:-1], ca0[d]
+        len_a = ca - jnp.where(start_a >= cb0[c], start_a, cb0[c])
+        len_b = cb - jnp.where(start_b >= cb0[:-1], start_b, cb0[:-1])
+        return (jnp.sum(len_a * jnp.abs(xs - ys[jnp.minimum(c, m - 1)]) ** p)
+                + jnp.sum(len_b * jnp.abs(xs[jnp.minimum(d, n - 1)] - ys) ** p))
 
     return jax.vmap(one, in_axes=(1, 1))(px, py)
 
@@ -703,7 +727,7 @@ def sliced_wasserstein(x, y, key, n_projections: int = 128, *, a=None, b=None, p
     if a is None and b is None and x.shape[0] == y.shape[0]:
         w = _w_pp_1d_uniform(px, py, p)
     else:
-        w = _w_pp_1d_weighted(px, _normalize(a, x.shape[0], dt), py, _normalize(b, y.shape[0], dt), p)
+        w = _w_pp_1d_weighted(px, _normalize(a, x.shape[0], dt), py, None if b is None else _normalize(b, y.shape[0], dt), p)
     return jnp.mean(w)
 
 
