@@ -198,6 +198,70 @@ def _spline(p, config: FlowConfig) -> distrax.RationalQuadraticSpline:
         min_bin_size=config.min_bin_size, min_knot_slope=config.min_knot_slope)
 
 
+def _bin_values(onehot, *knot_arrays):
+    """For each knot array (..., K+1): its values at the left and right edge of the selected
+    bin, from a one-hot bin mask (..., K) (a masked sum, no gather: cheap under vmap and
+    its gradient is a product, not a scatter)."""
+    out = []
+    for a in knot_arrays:
+        out += [jnp.sum(onehot * a[..., :-1], -1), jnp.sum(onehot * a[..., 1:], -1)]
+    return out
+
+
+def _rqs_apply(spline: distrax.RationalQuadraticSpline, v, inverse: bool):
+    """Rational-quadratic spline (Durkan et al. 2019) on whole arrays: v (..., d) with the
+    spline's knots (..., d, K+1) -> (output, log|d output / d v|), elementwise.
+
+    The knots (bin edges x_k, y_k and slopes d_k, with distrax's parametrization, floors and
+    boundary slopes) come from the distrax bijector; the evaluation is written here on whole
+    arrays because distrax evaluates each scalar through ``jnp.vectorize``, which under the
+    ensemble's ``vmap`` runs ~4.8x slower (measured at 2048 x 5, K = 1). Inside bin k, with
+    xi = (x - x_k) / w_k, s_k = h_k / w_k and T = d_k + d_{k+1} - 2 s_k:
+        y = y_k + h_k (s_k xi^2 + d_k xi (1 - xi)) / (s_k + T xi (1 - xi)),
+    and the inverse solves the quadratic in xi with the cancellation-free root. Outside
+    [x_0, x_K] it is linear with the boundary slopes.
+    """
+    xp, yp, dp = spline.x_pos, spline.y_pos, spline.knot_slopes
+    edges = yp if inverse else xp
+    n_bins = edges.shape[-1] - 1
+    # bin index = number of interior edges <= v (0 below the range, K-1 above it, where the
+    # linear extension below overwrites the result)
+    k = jnp.sum((v[..., None] >= edges[..., 1:-1]).astype(jnp.int32), -1)
+    onehot = (k[..., None] == jnp.arange(n_bins)).astype(v.dtype)
+    x0, x1, y0, y1, d0, d1 = _bin_values(onehot, xp, yp, dp)
+    w, h = x1 - x0, y1 - y0
+    s = h / w
+    t = d0 + d1 - 2.0 * s
+    if inverse:
+        eta = jnp.clip((v - y0) / h, 0.0, 1.0)
+        b = d0 - t * eta
+        a = s - b
+        c = -s * eta
+        sq = jnp.sqrt(jnp.maximum(b * b - 4.0 * a * c, 0.0))
+        # b >= 0: -2c / (b + sq) has no cancellation; b < 0 implies a = s - b > s > 0
+        xi = jnp.where(b >= 0, -2.0 * c / jnp.maximum(b + sq, 1e-30), (sq - b) / (2.0 * jnp.where(b >= 0, 1.0, a)))
+        xi = jnp.clip(xi, 0.0, 1.0)
+    else:
+        xi = jnp.clip((v - x0) / w, 0.0, 1.0)
+    xm = xi * (1.0 - xi)
+    den = s + t * xm
+    logdet = 2.0 * jnp.log(s) + jnp.log(d1 * xi * xi + 2.0 * s * xm + d0 * (1.0 - xi) ** 2) - 2.0 * jnp.log(den)
+    lo, hi = edges[..., 0], edges[..., -1]
+    if inverse:
+        out = x0 + w * xi
+        out = jnp.where(v <= lo, xp[..., 0] + (v - lo) / dp[..., 0], out)
+        out = jnp.where(v >= hi, xp[..., -1] + (v - hi) / dp[..., -1], out)
+        logdet = -logdet
+    else:
+        out = y0 + h * (s * xi * xi + d0 * xm) / den
+        out = jnp.where(v <= lo, yp[..., 0] + (v - lo) * dp[..., 0], out)
+        out = jnp.where(v >= hi, yp[..., -1] + (v - hi) * dp[..., -1], out)
+    sign = -1.0 if inverse else 1.0
+    logdet = jnp.where(v <= lo, sign * jnp.log(dp[..., 0]), logdet)
+    logdet = jnp.where(v >= hi, sign * jnp.log(dp[..., -1]), logdet)
+    return out, logdet
+
+
 def _spline_params(layer, x_cond, n_trans, config):
     out = _mlp(layer, x_cond)
     return out.reshape(out.shape[:-1] + (n_trans, 3 * config.n_bins + 1))
@@ -208,8 +272,7 @@ def _coupling(layer, mask, x, config, inverse):
     ``distrax.MaskedCoupling``, which evaluates the spline on every dimension)."""
     cond_idx, trans_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
     spline = _spline(_spline_params(layer, x[..., cond_idx], len(trans_idx), config), config)
-    fn = spline.inverse_and_log_det if inverse else spline.forward_and_log_det
-    x_t, log_d = fn(x[..., trans_idx])
+    x_t, log_d = _rqs_apply(spline, x[..., trans_idx], inverse)
     return x.at[..., trans_idx].set(x_t), jnp.sum(log_d, -1)
 
 
