@@ -1,11 +1,14 @@
 """Training-step cost: its parts, the ensemble scaling, steps per second.
 
-    python benchmarks/fit.py [--catalog sdss] [--n-sim 2048] [--members 4] [--json bench_out/fit.json]
+    python benchmarks/fit.py [--catalog sdss] [--n-sim 2048] [--members 4] [--n-projections P]
+                             [--shard] [--json bench_out/fit.json]
 
 Times (best of --repeat, jitted, value and gradient where the step takes one) the parts of
 a training step at the default configuration: flow sampling, forward model, noise +
-selection + features, the loss at the final blur; then one whole step with K = 1 and with
-K = --members members vmapped (goal: K members cost well under K times one). Prints one
+selection + features, the loss at the final blur; each of sampling, forward model and loss
+vmapped over K copies, against one; then one whole step with K = 1 and with K = --members
+members vmapped (goal: K members cost well under K times one), or with --shard split over
+the devices (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=D). Prints one
 summary line, writes JSON.
 """
 from __future__ import annotations
@@ -29,12 +32,17 @@ def main(argv=None):
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default="bench_out/fit.json")
+    ap.add_argument("--shard", action="store_true",
+                    help="shard the K members over the devices (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+    ap.add_argument("--n-projections", type=int, default=None, help="sliced-loss directions (default: FitConfig's)")
     a = ap.parse_args(argv)
 
     from popsed_jax import flows, forward, observe, train
     from popsed_jax.catalog import load_catalog
 
     cfg = train.FitConfig()
+    if a.n_projections:
+        cfg = dataclasses.replace(cfg, n_projections=a.n_projections)
     if a.n_sim:
         cfg = dataclasses.replace(cfg, n_sim=a.n_sim, batch_obs=a.n_sim)
     ctx = train.prepare(load_catalog(a.catalog), cfg)
@@ -61,12 +69,28 @@ def main(argv=None):
     y = ctx.obs_train[:cfg.batch_obs]
     t_loss = best_time(jax.jit(jax.grad(lambda xx, yy, ww: ctx.loss_fn(xx, yy, eps, key, a=ww)[0], argnums=(0, 2))), x, y, w, repeat=a.repeat)
 
+    # each part vmapped over K stacked copies of its inputs: which parts K members share
+    K = a.members
+
+    def stack(t):
+        return jax.tree_util.tree_map(lambda v: jnp.stack([v] * K), t)
+
+    f_sample = lambda p: flows.sample_flow(p, key, n, ctx.flow_cfg).sum()
+    f_fwd = lambda t: jnp.log(forward.forward_fluxes(model, t)).sum()
+    f_loss = lambda xx, yy, ww: ctx.loss_fn(xx, yy, eps, key, a=ww)[0]
+    part_k = dict(
+        sample_grad=best_time(jax.jit(jax.vmap(jax.grad(f_sample))), stack(params), repeat=a.repeat) / t_sample,
+        forward_grad=best_time(jax.jit(jax.vmap(jax.grad(f_fwd))), stack(theta), repeat=a.repeat) / t_fwd,
+        loss_grad=best_time(jax.jit(jax.vmap(jax.grad(f_loss, argnums=(0, 2)))), stack(x), stack(y), stack(w), repeat=a.repeat) / t_loss,
+    )
+
     tx = train.make_optimizer(cfg)
+    mesh = train.ensemble_mesh(a.members) if a.shard else None
     out_steps = {}
     for k in (1, a.members):
         ctx_k = dataclasses.replace(ctx, cfg=dataclasses.replace(cfg, members=k), extra={})
         p, o = train.init_state(ctx_k, tx)
-        step = train.make_step(ctx_k, tx)
+        step = train.make_step(ctx_k, tx, mesh=mesh if k == a.members else None)
         keys = train.member_keys(0, k, 0)
         out_steps[k] = best_time(lambda: step(p, o, keys, st, ctx.obs_train, jnp.float32(eps), jnp.float32(1.0))[2], repeat=a.repeat)
     res = dict(
@@ -74,6 +98,8 @@ def main(argv=None):
         seconds=dict(sample_grad=t_sample, forward_grad=t_fwd, noise_selection_features_grad=t_noise, loss_grad=t_loss,
                      step_1_member=out_steps[1], step_k_members=out_steps[a.members]),
         members=a.members, ensemble_time_ratio=out_steps[a.members] / out_steps[1],
+        part_time_ratio_k_members=part_k, devices=len(jax.devices()), sharded=mesh is not None,
+        n_projections=cfg.n_projections if cfg.loss == "sliced" else None, loss=cfg.loss,
         steps_per_s=1.0 / out_steps[1], loss_over_forward=t_loss / t_fwd,
     )
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
@@ -83,7 +109,8 @@ def main(argv=None):
     print(
         f"fit step [{res['backend']}] n_sim={n} vs {cfg.batch_obs} obs at eps={eps:.3g}: sample {s['sample_grad']:.3f} s, forward {s['forward_grad']:.3f} s, "
         f"noise+features {s['noise_selection_features_grad']:.3f} s, loss {s['loss_grad']:.3f} s; whole step {s['step_1_member']:.3f} s "
-        f"({res['steps_per_s']:.2f} steps/s); {a.members} members vmapped {s['step_k_members']:.3f} s = {res['ensemble_time_ratio']:.2f}x one -> {a.json}"
+        f"({res['steps_per_s']:.2f} steps/s); {a.members} members {'sharded over ' + str(res['devices']) + ' devices' if res['sharded'] else 'vmapped'} {s['step_k_members']:.3f} s = {res['ensemble_time_ratio']:.2f}x one "
+        f"(parts: sample {part_k['sample_grad']:.2f}x, forward {part_k['forward_grad']:.2f}x, loss {part_k['loss_grad']:.2f}x) -> {a.json}"
     )
     return res
 
