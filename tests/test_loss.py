@@ -275,7 +275,7 @@ def test_sliced_uniform_observed_side_matches_scipy_and_finite_differences():
         a = rng.uniform(0.1, 1, 200)
         a[:30] = 0.0
         u = L._random_directions(jax.random.PRNGKey(4), 3, 8, jnp.float64)
-        f = lambda a: L.sliced_wasserstein(jnp.asarray(x), jnp.asarray(y), None, a=a, directions=u)
+        f = jax.jit(lambda a: L.sliced_wasserstein(jnp.asarray(x), jnp.asarray(y), None, a=a, directions=u))
         g = np.asarray(jax.grad(f)(jnp.asarray(a)))
         h = 1e-7
         for k in [0, 5, 29, 30, 100, 199]:  # zero weights first, then positive ones
