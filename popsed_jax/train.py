@@ -1,18 +1,21 @@
 """The population fit: flow samples -> forward model -> noise, selection, features -> OT loss.
 
-One jitted step trains K ensemble members at once (``jax.vmap`` over stacked parameters);
-with several devices the members are sharded over them (``jax.shard_map`` over a mesh axis
-"ens"; members are independent, so no collectives are needed). Schedules:
+One jitted step trains K ensemble members at once over stacked parameters: the flows and
+the losses are vmapped over members, the per-galaxy forward model takes all members' samples
+as one batch (:func:`simulate_members`); with several devices the members are sharded over
+them (``jax.shard_map`` over a mesh axis "ens"; members are independent, so no collectives
+are needed). Schedules:
 
-- loss: sliced W2 by default; ``loss = "sinkhorn"`` trains with the Sinkhorn divergence,
-  whose blur (epsilon, in squared units of the standardized features) falls log-linearly
-  through the points of ``FitConfig.blur`` (fraction of training -> epsilon). Both cost ~1 s
-  a step here. Sinkhorn fits the photometry better (val/floor 0.98 vs 1.39 on the mock, 1.05
-  vs 1.53 on SDSS) with the same z and logM recovery on the mock, but on SDSS it piles more
-  of the population at z < 0.03 (n(z) W1 0.045 vs 0.035: BC03's colours of old metal-rich
-  populations at z ~ 0.02 mimic z ~ 0.1 red galaxies, README), and 4 vmapped members cost
-  3.8x one on CPU (sliced: 2.7x); hence the default. Validation divergences and the
-  data-vs-data floor are always Sinkhorn divergences at the final blur;
+- loss: sliced W2 by default (a step takes 0.28 s on 2 CPU cores, benchmarks/fit.py);
+  ``loss = "sinkhorn"`` trains with the Sinkhorn divergence, whose blur (epsilon, in squared
+  units of the standardized features) falls log-linearly through the points of
+  ``FitConfig.blur`` (fraction of training -> epsilon); its step costs ~0.6-1 s here.
+  Sinkhorn fits the photometry better (val/floor 0.98 vs 1.17 on the mock, 1.05 vs 1.26-1.63
+  on SDSS) with the same z and logM recovery on the mock, but on SDSS it piles more of the
+  population at z < 0.03 (n(z) W1 0.045 vs 0.035: BC03's colours of old metal-rich
+  populations at z ~ 0.02 mimic z ~ 0.1 red galaxies, README); hence the default.
+  Validation divergences and the data-vs-data floor are always Sinkhorn divergences at the
+  final blur;
 - noise is anti-annealed: the simulated noise is multiplied by 1 / (1 + c exp(-tau i / steps)),
   so it grows to its real level (PopSED's recipe, c = 20, tau = 10);
 - learning rate: optax one-cycle (cosine warm-up to ``lr`` over the first 30%, then cosine
