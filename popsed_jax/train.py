@@ -232,15 +232,13 @@ def simulate_members(ctx: FitContext, st, params, keys, n: int, noise_scale=1.0)
     return theta, feats, w, noisy, jnp.mean(log_ratio, axis=-1)
 
 
-def simulate_features(ctx: FitContext, st, params, key, n: int, noise_scale=1.0, with_kl=False):
+def simulate_features(ctx: FitContext, st, params, key, n: int, noise_scale=1.0):
     """One member's :func:`simulate_members` (params unstacked, one key).
 
-    Returns (theta (n, 11), features (n, D), weights (n,) or None, noisy fluxes (n, B)),
-    and with ``with_kl`` also the Monte-Carlo KL(q_phi || reference) of these samples."""
+    Returns (theta (n, 11), features (n, D), weights (n,) or None, noisy fluxes (n, B))."""
     one = jax.tree_util.tree_map(lambda v: v[None], params)
-    theta, feats, w, noisy, kl = simulate_members(ctx, st, one, key[None], n, noise_scale)
-    out = (theta[0], feats[0], None if w is None else w[0], noisy[0])
-    return out + (kl[0],) if with_kl else out
+    theta, feats, w, noisy, _ = simulate_members(ctx, st, one, key[None], n, noise_scale)
+    return theta[0], feats[0], None if w is None else w[0], noisy[0]
 
 
 def _members_loss(ctx: FitContext, st, params, keys, obs_all, eps, noise_scale):
@@ -258,12 +256,6 @@ def _members_loss(ctx: FitContext, st, params, keys, obs_all, eps, noise_scale):
     if ctx.cfg.kl_weight > 0:
         val = val + ctx.cfg.kl_weight * kl
     return val, aux
-
-
-def _member_loss(ctx: FitContext, st, params, key, obs_all, eps, noise_scale):
-    """One member's training loss (scalar) and aux: :func:`_members_loss` of K = 1."""
-    val, aux = _members_loss(ctx, st, jax.tree_util.tree_map(lambda v: v[None], params), key[None], obs_all, eps, noise_scale)
-    return val[0], jax.tree_util.tree_map(lambda v: v[0], aux)
 
 
 def make_optimizer(cfg: FitConfig):

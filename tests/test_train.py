@@ -147,8 +147,9 @@ def test_kl_term_adds_weighted_kl_of_the_same_samples(sdss):
     key = jax.random.PRNGKey(3)
     obs = jnp.asarray(ctx0.obs_train)
     for p, expect_zero in ((params, True), (moved, False)):
-        v0, _ = train._member_loss(ctx0, st, p, key, obs, 0.1, 1.0)
-        v1, _ = train._member_loss(ctx1, st, p, key, obs, 0.1, 1.0)
+        one = jax.tree.map(lambda x: x[None], p)  # a 1-member ensemble
+        v0 = train._members_loss(ctx0, st, one, key[None], obs, 0.1, 1.0)[0][0]
+        v1 = train._members_loss(ctx1, st, one, key[None], obs, 0.1, 1.0)[0][0]
         k_sim = jax.random.split(key, 3)[0]
         k_flow = jax.random.split(k_sim)[0]
         _, ratio = flows.sample_and_log_ratio(p, k_flow, cfg0.n_sim, ctx0.flow_cfg)
