@@ -37,8 +37,10 @@ def main(argv=None):
     ap.add_argument("--n-projections", type=int, default=None, help="sliced-loss directions (default: FitConfig's)")
     a = ap.parse_args(argv)
 
-    from popsed_jax import flows, forward, observe, train
-    from popsed_jax.catalog import load_catalog
+    from popsed_jax.inference import flows, train
+    from popsed_jax.physics import forward
+    from popsed_jax.survey import observe
+    from popsed_jax.survey.catalog import load_catalog
 
     cfg = train.FitConfig()
     if a.n_projections:

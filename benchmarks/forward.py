@@ -4,7 +4,7 @@
 
 Times (best of --repeat) the jitted batched forward model, value and value-and-gradient
 (of sum log flux w.r.t. theta), at each N; the naive path (jit(vmap) of DSPS's
-calc_rest_sed_sfh_table_met_table + dust + calc_obs_mag per galaxy, ``popsed_jax.reference``)
+calc_rest_sed_sfh_table_met_table + dust + calc_obs_mag per galaxy, ``popsed_jax.testing.reference``)
 on the default BC03 grid (R=1000, 220 ages, 900 A - 5 um) with the same SDSS filters, in
 the same process and precision (float32); and a dense float32 matmul of the model's own
 shape as this machine's reference rate. Prints one summary line, writes JSON.
@@ -24,7 +24,7 @@ from _timing import best_time
 
 
 def draw_theta(n, seed=0):
-    from popsed_jax.forward import PARAM_BOUNDS, PARAM_NAMES
+    from popsed_jax.physics.forward import PARAM_BOUNDS, PARAM_NAMES
 
     rng = np.random.default_rng(seed)
     lo = np.array([PARAM_BOUNDS[k][0] for k in PARAM_NAMES])
@@ -42,8 +42,9 @@ def main(argv=None):
     ap.add_argument("--json", default="bench_out/forward.json")
     a = ap.parse_args(argv)
 
-    from popsed_jax import photometry, reference, sfh, ssp
-    from popsed_jax.forward import build_forward_model, forward_fluxes
+    from popsed_jax.physics import photometry, sfh, ssp
+    from popsed_jax.testing import reference
+    from popsed_jax.physics.forward import build_forward_model, forward_fluxes
 
     grid = ssp.load_ssp_grid()
     bases = sfh.load_sfh_bases()

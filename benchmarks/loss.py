@@ -1,4 +1,4 @@
-"""Loss cost: popsed_jax.loss value-and-gradient vs a plain ott sinkdiv call, vs N and epsilon.
+"""Loss cost: popsed_jax.inference.loss value-and-gradient vs a plain ott sinkdiv call, vs N and epsilon.
 
     python benchmarks/loss.py [--n 1000 2000 4000] [--blur-schedule 0.3 0.1 0.03 0.01]
                               [--plain-max-n 4000] [--json bench_out/loss.json]
@@ -66,7 +66,7 @@ def timed(fn, *args, repeat=1):
 def main(argv=None):
     from ott.tools.sinkhorn_divergence import sinkdiv
 
-    from popsed_jax import loss as L
+    from popsed_jax.inference import loss as L
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[1000, 2000, 4000])

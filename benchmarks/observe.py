@@ -2,7 +2,7 @@
 
     python benchmarks/observe.py [--n 100000] [--repeat 3] [--json bench_out/observe.json]
 
-Same n Table-2 draws (popsed_jax.mock.sample_table2) for both; each step jitted and timed
+Same n Table-2 draws (popsed_jax.survey.mock.sample_table2) for both; each step jitted and timed
 best of --repeat after a warm-up call. Prints one summary line, writes JSON
 {n, forward_s, noise_select_features_s, ratio}.
 """
@@ -27,9 +27,9 @@ def main(argv=None):
     ap.add_argument("--json", default="bench_out/observe.json")
     a = ap.parse_args(argv)
 
-    from popsed_jax import mock, observe
-    from popsed_jax.catalog import read_sdss_main
-    from popsed_jax.forward import build_forward_model, forward_fluxes
+    from popsed_jax.survey import mock, observe
+    from popsed_jax.survey.catalog import read_sdss_main
+    from popsed_jax.physics.forward import build_forward_model, forward_fluxes
 
     nm = observe.fit_noise_model(read_sdss_main())
     model = build_forward_model(filters=list(mock.SDSS_UGRIZ), z_max=mock.Z_RANGE[1])

@@ -8,13 +8,13 @@ import time
 
 
 def _cmd_ssp_build(a):
-    from . import ssp
+    from .physics import ssp
 
     ssp.build_bc03_grid(out=a.out, wheel=a.wheel, dlnlam=a.dlnlam, keep_wheel=not a.drop_wheel)
 
 
 def _cmd_ssp_info(a):
-    from . import ssp
+    from .physics import ssp
 
     print(ssp.load_ssp_grid(a.grid).info())
 
@@ -24,8 +24,8 @@ def _cmd_forward(a):
     import numpy as np
     from astropy.table import Table
 
-    from . import forward
-    from .sfh import load_sfh_bases
+    from .physics import forward
+    from .physics.sfh import load_sfh_bases
 
     tab = Table.read(a.params)
     theta = forward.theta_from_columns(tab)
@@ -50,7 +50,7 @@ def _cmd_forward(a):
 
 
 def _cmd_catalog_info(a):
-    from .catalog import catalog_info_main
+    from .survey.catalog import catalog_info_main
 
     print(catalog_info_main(a.catalog))
 
@@ -58,7 +58,8 @@ def _cmd_catalog_info(a):
 def _cmd_fit(a):
     import dataclasses
 
-    from . import fitrun, train
+    from .products import fitrun
+    from .inference import train
 
     from pathlib import Path
 
@@ -83,7 +84,7 @@ def _cmd_fit(a):
 
 
 def _cmd_evaluate(a):
-    from . import evaluate, fitrun
+    from .products import evaluate, fitrun
 
     res = fitrun.evaluate_run(a.run, a.truth, a.json)
     print(evaluate.format_table(res["normalized_w1"], res.get("w1")))
@@ -98,10 +99,10 @@ def _cmd_evaluate(a):
 
 
 def _cmd_report(a):
-    from . import report
+    from .products import report
 
     if not a.no_plots:
-        from . import science
+        from .products import science
 
         science.make_science_products(a.run, catalog=a.catalog, area_deg2=a.area)
     path = report.write_report(a.run, a.out)
@@ -109,7 +110,7 @@ def _cmd_report(a):
 
 
 def _cmd_plot(a):
-    from . import science
+    from .products import science
 
     res = science.make_science_products(a.run, catalog=a.catalog, area_deg2=a.area, out=a.out)
     print(science.format_products(res))
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("forward", help="noiseless fluxes for a table of parameters")
     f.add_argument("params", help="table (any astropy format) with z, logM, kappa1..3 or beta1..4, t_burst, f_burst, logZ, n_dust, tau1, tau2")
-    f.add_argument("--filters", default=",".join(__import__("popsed_jax.photometry", fromlist=["x"]).DEFAULT_FILTERS), help="comma-separated speclite filter names (default SDSS ugriz)")
+    f.add_argument("--filters", default=",".join(__import__("popsed_jax.physics.photometry", fromlist=["x"]).DEFAULT_FILTERS), help="comma-separated speclite filter names (default SDSS ugriz)")
     f.add_argument("--out", required=True, help="output table; columns = input + flux_<filter> [nanomaggies]")
     f.add_argument("--format", default=None, help="astropy format (default: from the extension)")
     f.add_argument("--grid", default=None, help="SSP grid (default: embedded BC03)")
@@ -176,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-plots", action="store_true", help="do not (re)make the science plots first")
     rp.set_defaults(func=_cmd_report)
 
-    from .mock import add_mock_parser
+    from .survey.mock import add_mock_parser
 
     add_mock_parser(sub)
 

@@ -13,9 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from popsed_jax import photometry, sfh  # noqa: E402
-from popsed_jax.cosmology import lum_distance  # noqa: E402
-from popsed_jax.forward import build_forward_model, forward_fluxes, rest_spectra  # noqa: E402
+from popsed_jax.physics import photometry, sfh  # noqa: E402
+from popsed_jax.physics.cosmology import lum_distance  # noqa: E402
+from popsed_jax.physics.forward import build_forward_model, forward_fluxes, rest_spectra  # noqa: E402
 
 SHARED_NMF = Path(__file__).resolve().parents[2] / "shared" / "data" / "nmf_sfh"
 

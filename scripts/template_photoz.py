@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from popsed_jax import catalog, forward, mock, observe
+from popsed_jax.survey import catalog, mock, observe
+from popsed_jax.physics import forward
 
 
 def library(model, n, seed, population):

@@ -12,28 +12,28 @@ NMF_DIR = SHARED / "nmf_sfh"
 
 @pytest.fixture(scope="session")
 def grid():
-    from popsed_jax import ssp
+    from popsed_jax.physics import ssp
 
     return ssp.load_ssp_grid()
 
 
 @pytest.fixture(scope="session")
 def bases():
-    from popsed_jax import sfh
+    from popsed_jax.physics import sfh
 
     return sfh.load_sfh_bases()
 
 
 @pytest.fixture(scope="session")
 def model(grid, bases):
-    from popsed_jax.forward import build_forward_model
+    from popsed_jax.physics.forward import build_forward_model
 
     return build_forward_model(grid=grid, bases=bases)
 
 
 @pytest.fixture(scope="session")
 def provabgs_bases():
-    from popsed_jax import sfh
+    from popsed_jax.physics import sfh
 
     if not NMF_DIR.exists():
         pytest.skip("../shared/data/nmf_sfh not present")
@@ -42,7 +42,7 @@ def provabgs_bases():
 
 def random_theta(n, seed=0, z_lo=0.01, z_hi=0.8, snap_burst_to=None):
     """Uniform draws over the whole parameter box (DESIGN.md section 2)."""
-    from popsed_jax.forward import PARAM_BOUNDS, PARAM_NAMES
+    from popsed_jax.physics.forward import PARAM_BOUNDS, PARAM_NAMES
 
     rng = np.random.default_rng(seed)
     lo = np.array([PARAM_BOUNDS[n][0] for n in PARAM_NAMES])

@@ -20,7 +20,7 @@ def _params(path, n=5, fmt=None):
 
 
 def test_forward_cli_writes_fluxes(tmp_path, model):
-    from popsed_jax.forward import forward_fluxes, theta_from_columns
+    from popsed_jax.physics.forward import forward_fluxes, theta_from_columns
 
     t = _params(tmp_path / "p.fits")
     assert main(["forward", str(tmp_path / "p.fits"), "--out", str(tmp_path / "o.ecsv"), "--derived"]) == 0
@@ -50,7 +50,7 @@ def test_ssp_info(capsys):
 
 
 def test_catalog_info_cli(capsys):
-    from popsed_jax.catalog import default_sdss_path
+    from popsed_jax.survey.catalog import default_sdss_path
 
     assert main(["catalog", "info", str(default_sdss_path())]) == 0
     out = capsys.readouterr().out

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from popsed_jax import ssp
-from popsed_jax.forward import IDX, derived_quantities
+from popsed_jax.physics import ssp
+from popsed_jax.physics.forward import IDX, derived_quantities
 
 SOLAR = 4  # index of Z = 0.02 (BC03 solar) in the BC03 grid
 

@@ -1,4 +1,4 @@
-"""Sinkhorn divergence and sliced Wasserstein (popsed_jax.loss): values, gradients, weights."""
+"""Sinkhorn divergence and sliced Wasserstein (popsed_jax.inference.loss): values, gradients, weights."""
 from __future__ import annotations
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from popsed_jax import loss as L
+from popsed_jax.inference import loss as L
 
 
 _STATIC = ("threshold", "max_iterations", "eps_scaling", "momentum", "inner_iterations", "return_state", "solver")

@@ -43,9 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import flows, forward, loss as loss_mod, observe
-from .catalog import Catalog
-from .evaluate import FLAG_RATIO
+from . import flows, loss as loss_mod
+from ..physics import forward
+from ..survey import observe
+from ..survey.catalog import Catalog
+from ..products.evaluate import FLAG_RATIO
 
 
 class FitDiverged(RuntimeError):

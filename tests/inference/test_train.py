@@ -13,15 +13,15 @@ import jax
 import numpy as np
 import pytest
 
-from popsed_jax import train
-from popsed_jax.catalog import catalog_subset, read_sdss_main
+from popsed_jax.inference import train
+from popsed_jax.survey.catalog import catalog_subset, read_sdss_main
 
 TINY = dict(steps=12, n_sim=256, batch_obs=256, n_val=256, val_every=4, checkpoint_every=4, flow_layers=2, flow_hidden=16, flow_bins=8)
 
 CHILD = """
 import sys, json
-from popsed_jax import train
-from popsed_jax.catalog import read_sdss_main
+from popsed_jax.inference import train
+from popsed_jax.survey.catalog import read_sdss_main
 cfg = train.FitConfig(**json.loads(sys.argv[1]))
 ctx = train.prepare(read_sdss_main(), cfg)
 train.fit(ctx, sys.argv[2], resume=len(sys.argv) > 3, progress=False)
@@ -97,8 +97,8 @@ def test_config_rejects_unknown_keys():
 SHARD_CHILD = """
 import json, sys
 import jax, numpy as np
-from popsed_jax import train
-from popsed_jax.catalog import read_sdss_main
+from popsed_jax.inference import train
+from popsed_jax.survey.catalog import read_sdss_main
 assert len(jax.devices()) == 4, jax.devices()
 cfg = train.FitConfig(**json.loads(sys.argv[1]))
 ctx = train.prepare(read_sdss_main(), cfg)
@@ -135,7 +135,7 @@ def test_kl_term_adds_weighted_kl_of_the_same_samples(sdss):
 
     import jax.numpy as jnp
 
-    from popsed_jax import flows
+    from popsed_jax.inference import flows
 
     cfg0 = train.FitConfig(**TINY, kl_weight=0.0)
     ctx0 = train.prepare(sdss, cfg0)

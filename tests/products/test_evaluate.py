@@ -1,16 +1,16 @@
-"""Scores of a recovered population against a truth (popsed_jax.evaluate)."""
+"""Scores of a recovered population against a truth (popsed_jax.products.evaluate)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from popsed_jax import evaluate as ev
+from popsed_jax.products import evaluate as ev
 
 
 @pytest.fixture(scope="module")
 def sdss():
-    from popsed_jax.catalog import read_sdss_main
-    from popsed_jax.observe import fit_noise_model, select_catalog, softening_from_noise
+    from popsed_jax.survey.catalog import read_sdss_main
+    from popsed_jax.survey.observe import fit_noise_model, select_catalog, softening_from_noise
 
     cat = read_sdss_main()
     return select_catalog(cat, "r<17.77").flux, softening_from_noise(fit_noise_model(cat))

@@ -33,11 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from . import forward, observe, plots
-from .catalog import is_shipped_sdss
+from ..physics import forward
+from ..survey import observe
+from . import plots
+from ..survey.catalog import is_shipped_sdss
 from .evaluate import LOG_SSFR_FLOOR, SFR_FLOOR, log_sfr
-from .cosmology import PLANCK15
-from .mock import BALDRY12, H_SHIFT_DEX
+from ..physics.cosmology import PLANCK15
+from ..survey.mock import BALDRY12, H_SHIFT_DEX
 
 __all__ = [
     "SFR_FLOOR", "LOG_SSFR_FLOOR", "FULL_SKY_DEG2", "DEFAULT_QUANTITIES", "KROUPA_TO_CHABRIER_DEX",
@@ -606,8 +608,8 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
     """
     from astropy.table import Table
 
-    from . import train
-    from .catalog import Catalog, load_catalog
+    from ..inference import train
+    from ..survey.catalog import Catalog, load_catalog
 
     run = Path(run)
     if not run.is_dir():
@@ -696,7 +698,7 @@ def compare_with_kcorrect(cols: dict, obs, path) -> dict:
     catalog at its spec-z, both surviving mass (stars + remnants, Chabrier, Planck15, Msun):
     the whole samples and in redshift slices, where the distance-mass degeneracy is removed.
     Writes a figure at ``path``; returns medians, 16-84% ranges, offsets and W1 [dex]."""
-    from .independent import compare_mass_distributions, kcorrect_masses
+    from ..survey.independent import compare_mass_distributions, kcorrect_masses
 
     kc = kcorrect_masses(obs)
     ok = np.asarray(kc["ok"], bool) & np.isfinite(kc["logM_surviving_kc"])

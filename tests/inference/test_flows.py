@@ -1,4 +1,4 @@
-"""Tests of the neural spline flow on the parameter box (popsed_jax.flows)."""
+"""Tests of the neural spline flow on the parameter box (popsed_jax.inference.flows)."""
 from __future__ import annotations
 
 import time
@@ -10,7 +10,7 @@ import optax
 import pytest
 from scipy import stats
 
-from popsed_jax import flows
+from popsed_jax.inference import flows
 
 SMALL = dict(n_layers=2, n_bins=8, hidden=32)  # small flows compile fast
 # one small config shared by several tests: the config is static, so each new one recompiles
@@ -53,7 +53,7 @@ def params11(cfg11):
 
 
 def test_config_and_masks(cfg11):
-    from popsed_jax.forward import PARAM_BOUNDS, PARAM_NAMES
+    from popsed_jax.physics.forward import PARAM_BOUNDS, PARAM_NAMES
 
     assert cfg11.dim == len(PARAM_NAMES) == 11
     assert cfg11.lo[1] == PARAM_BOUNDS["logM"][0] and cfg11.hi[5] == PARAM_BOUNDS["t_burst"][1]

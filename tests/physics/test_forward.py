@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import random_theta
-from popsed_jax import cosmology, photometry, sfh
-from popsed_jax.forward import (
+from popsed_jax.physics import cosmology, photometry, sfh
+from popsed_jax.physics.forward import (
     IDX,
     build_forward_model,
     check_theta,
@@ -28,7 +28,7 @@ from popsed_jax.forward import (
 def test_importing_dsps_does_not_change_precision():
     code = (
         "import jax; from popsed_jax import reference, forward; "
-        "import popsed_jax._dsps as d; d.import_dsps('dsps.sed'); "
+        "import popsed_jax.physics._dsps as d; d.import_dsps('dsps.sed'); "
         "print(jax.config.jax_enable_x64)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -57,7 +57,7 @@ def test_dsps_flavour_cosmology_matches_astropy_and_dsps():
     numerical age integral is good to ~1e-4 only."""
     from astropy.cosmology import FlatLambdaCDM
 
-    from popsed_jax._dsps import import_dsps
+    from popsed_jax.physics._dsps import import_dsps
 
     dc = import_dsps("dsps.cosmology")
     ref = FlatLambdaCDM(H0=67.74, Om0=0.3075, Tcmb0=0)
@@ -75,7 +75,7 @@ def test_dsps_flavour_cosmology_matches_astropy_and_dsps():
 def test_agrees_with_dsps_reference_path(grid, bases, met_mode):
     """Model (float32, R=500 trimmed grid) vs DSPS's calc_rest_sed_sfh_table_* + calc_obs_mag
     (float64, the R=1000 grid) over random parameters across the whole box: < 0.01 mag."""
-    from popsed_jax import reference
+    from popsed_jax.testing import reference
 
     model = build_forward_model(grid=grid, bases=bases, cosmology=cosmology.DSPS_PLANCK15, met_mode=met_mode)
     n = 24 if met_mode == "interp" else 8

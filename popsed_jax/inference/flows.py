@@ -105,7 +105,7 @@ class FlowConfig:
 
 def popsed_config(**kwargs) -> FlowConfig:
     """FlowConfig on the 11-D PopSED box (``forward.PARAM_NAMES`` order, ``PARAM_BOUNDS``)."""
-    from .forward import PARAM_BOUNDS, PARAM_NAMES  # lazy: forward pulls in the SPS modules
+    from ..physics.forward import PARAM_BOUNDS, PARAM_NAMES  # lazy: forward pulls in the SPS modules
 
     lo = tuple(PARAM_BOUNDS[n][0] for n in PARAM_NAMES)
     hi = tuple(PARAM_BOUNDS[n][1] for n in PARAM_NAMES)
@@ -331,7 +331,7 @@ def volume_table(z_lo: float, z_hi: float, n: int = 4097):
     """
     from scipy.integrate import cumulative_simpson
 
-    from .cosmology import C_KMS, PLANCK15
+    from ..physics.cosmology import C_KMS, PLANCK15
 
     z = np.linspace(0.0, z_hi, 2 * n - 1)
     ddc = C_KMS / PLANCK15.H0 / PLANCK15.efunc(z)

@@ -76,7 +76,8 @@ def photometric_distinguishability(rec_flux, truth_flux, softening, *, colours=T
     import jax
     import jax.numpy as jnp
 
-    from . import loss, observe
+    from ..inference import loss
+    from ..survey import observe
 
     rng = np.random.default_rng(seed)
     rec_flux, truth_flux = np.asarray(rec_flux, np.float32), np.asarray(truth_flux, np.float32)

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from popsed_jax import report, train
+from popsed_jax.products import report
+from popsed_jax.inference import train
 
-RUNS = Path(__file__).resolve().parents[1] / "runs"
+RUNS = Path(__file__).resolve().parents[2] / "runs"
 
 
 def _png(path: Path, label: str):
-    from popsed_jax.plots import _plt
+    from popsed_jax.products.plots import _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.2, 0.9))

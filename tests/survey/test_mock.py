@@ -1,4 +1,4 @@
-"""Mock surveys (popsed_jax.mock): Table-2 prior, SDSS-like observation, round trip."""
+"""Mock surveys (popsed_jax.survey.mock): Table-2 prior, SDSS-like observation, round trip."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from popsed_jax import mock as M
-from popsed_jax.forward import PARAM_NAMES
+from popsed_jax.survey import mock as M
+from popsed_jax.physics.forward import PARAM_NAMES
 
 
 def _rmag(f):
@@ -40,8 +40,8 @@ def test_table2_marginals_ks():
 
 @pytest.fixture(scope="module")
 def sdss():
-    from popsed_jax.catalog import read_sdss_main
-    from popsed_jax.observe import fit_noise_model, select_catalog
+    from popsed_jax.survey.catalog import read_sdss_main
+    from popsed_jax.survey.observe import fit_noise_model, select_catalog
 
     cat = read_sdss_main()
     return cat, fit_noise_model(cat), select_catalog(cat, "r<17.77")
@@ -49,7 +49,7 @@ def sdss():
 
 @pytest.fixture(scope="module")
 def fwd():
-    from popsed_jax.forward import build_forward_model
+    from popsed_jax.physics.forward import build_forward_model
 
     return build_forward_model(filters=list(M.SDSS_UGRIZ), z_max=M.Z_RANGE[1])
 
@@ -109,7 +109,7 @@ def test_prescreen_is_conservative(fwd, sdss):
 
 
 def test_round_trip_read_catalog(mock_tab, tmp_path):
-    from popsed_jax.catalog import read_catalog
+    from popsed_jax.survey.catalog import read_catalog
 
     for name in ("m.fits", "m.ecsv"):
         p = tmp_path / name
@@ -131,7 +131,7 @@ def test_params_table_and_cli(fwd, sdss, tmp_path):
     assert len(out) == 50 and out["selected"].all()
     np.testing.assert_allclose(out["tau2"], th[:, 10])
     nm_path = tmp_path / "nm.json"
-    from popsed_jax.observe import save_noise_model
+    from popsed_jax.survey.observe import save_noise_model
     save_noise_model(sdss[1], nm_path)
     tab.write(tmp_path / "p.fits")
     ap = argparse.ArgumentParser()
@@ -148,7 +148,7 @@ def test_params_table_and_cli(fwd, sdss, tmp_path):
 def test_formed_minus_surviving_constant_matches_the_forward_model():
     """The mock's formed-minus-surviving mass offset is the median the forward model gives
     (surviving = living stars + remnants) over Table-2 draws."""
-    from popsed_jax import mock
+    from popsed_jax.survey import mock
 
     med, mean, sd = mock.measure_formed_minus_surviving(n=3000)
     assert abs(med - mock.FORMED_MINUS_SURVIVING_DEX) < 0.01, med
@@ -189,7 +189,7 @@ def test_default_noise_model_covers_the_sdss_file_2mass_bands():
     """ugriz + 2MASS: the noise model comes from the SDSS file's own errors, and 2MASS
     extended-source errors are far larger than SDSS ones at the same flux (the XSC is several
     magnitudes shallower than SDSS imaging), as measured per band."""
-    from popsed_jax.observe import noise_sigma_median
+    from popsed_jax.survey.observe import noise_sigma_median
     import jax.numpy as jnp
 
     bands = M.SDSS_UGRIZ + ("twomass-J", "twomass-H", "twomass-Ks")

@@ -1,4 +1,4 @@
-"""Science products (popsed_jax.science): derived quantities, n(z), 1/Vmax SMF, main sequence.
+"""Science products (popsed_jax.products.science): derived quantities, n(z), 1/Vmax SMF, main sequence.
 
 Inputs are built here from theta arrays and the real forward model (conftest fixtures); the
 real SDSS catalog is used where a catalog is needed (runs/ is not available in CI).
@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from popsed_jax import cosmology, forward, science, train
-from popsed_jax.forward import IDX, derived_quantities, forward_fluxes, forward_mags
+from popsed_jax.physics import cosmology, forward
+from popsed_jax.products import science
+from popsed_jax.inference import train
+from popsed_jax.physics.forward import IDX, derived_quantities, forward_fluxes, forward_mags
 
 R = 2  # index of sdss2010-r in the default filters
 LIM = 17.77
@@ -104,7 +106,7 @@ def test_population_summary_pools_and_spreads_members(model):
 # n(z)
 # ----------------------------------------------------------------------------------------
 def test_nz_comparison_on_sdss_spec_z(tmp_path):
-    from popsed_jax.catalog import load_catalog
+    from popsed_jax.survey.catalog import load_catalog
 
     z = load_catalog("sdss").z_spec
     z = z[np.isfinite(z)]
@@ -178,7 +180,7 @@ def test_vmax_is_the_comoving_shell_volume():
 def volume_population(model):
     """A non-evolving population uniform in comoving volume on 0.005 < z < 0.25 (z ~ dV/dz),
     Table-2 SFH/dust/metallicity, formed mass uniform in [10.3, 12]; selected = noiseless r < 17.77."""
-    from popsed_jax import mock
+    from popsed_jax.survey import mock
 
     n = 3000
     th = mock.sample_table2(n, 7, lambda m, rng: (mock.sample_z_volume(m, rng, (0.005, 0.25)), rng.uniform(10.3, 12.0, m)))
@@ -326,7 +328,7 @@ def test_make_science_products_writes_figures_and_json(model, run_folder, tmp_pa
 
 
 def test_catalog_without_spec_z_gives_population_only_nz(model, run_folder, tmp_path):
-    from popsed_jax.catalog import Catalog, load_catalog
+    from popsed_jax.survey.catalog import Catalog, load_catalog
 
     c = load_catalog("sdss")
     res = science.make_science_products(run_folder, catalog=Catalog(c.flux, c.flux_err, c.bands), out=tmp_path, model=model, n_z=30)

@@ -1,7 +1,7 @@
 """Independent stellar masses from ``kcorrect`` template fits (optional dependency).
 
 :func:`kcorrect_masses` fits the default ``kcorrect`` v4 templates (Blanton & Roweis
-2007, AJ 133, 734; "BR07") to a :class:`~popsed_jax.catalog.Catalog` at the
+2007, AJ 133, 734; "BR07") to a :class:`~popsed_jax.survey.catalog.Catalog` at the
 spectroscopic redshift and returns stellar masses on popsed-jax's conventions, so that
 ``logM_surviving_kc`` can be compared directly with popsed-jax's ``logM_surviving``
 and ``logM_formed_kc`` with its ``logM`` (mass formed). Install with
@@ -90,7 +90,7 @@ def _require_kcorrect():
         import kcorrect.utils
     except ImportError as exc:
         raise ImportError(
-            "popsed_jax.independent needs the optional package 'kcorrect' "
+            "popsed_jax.survey.independent needs the optional package 'kcorrect' "
             "(pure Python, BSD-3): pip install kcorrect   (tested with 5.1.9)") from exc
     return kcorrect
 
@@ -104,7 +104,7 @@ def _astropy_cosmology(cosmology):
         return astropy.cosmology.Planck15
     if hasattr(cosmology, "distmod"):
         return cosmology
-    from .cosmology import Cosmology
+    from ..physics.cosmology import Cosmology
 
     if isinstance(cosmology, Cosmology):
         if cosmology.name == "Planck15" and cosmology == Cosmology():
@@ -113,7 +113,7 @@ def _astropy_cosmology(cosmology):
             H0=cosmology.H0, Om0=cosmology.Om0, Tcmb0=cosmology.Tcmb0 * u.K,
             Neff=cosmology.Neff, m_nu=list(cosmology.m_nu) * u.eV if cosmology.m_nu else 0.0,
             name=cosmology.name)
-    raise TypeError(f"cosmology must be None, a popsed_jax.cosmology.Cosmology or an "
+    raise TypeError(f"cosmology must be None, a popsed_jax.physics.cosmology.Cosmology or an "
                     f"astropy cosmology (with distmod()); got {type(cosmology).__name__}")
 
 
@@ -131,7 +131,7 @@ def kcorrect_masses(cat, cosmology=None, redshift=None, *, error_floor="kcorrect
 
     cat: Catalog (AB nanomaggies, extinction-corrected; bands must be in
     :data:`KCORRECT_RESPONSES`). cosmology: None (astropy Planck15 = popsed-jax's),
-    a ``popsed_jax.cosmology.Cosmology`` or an astropy cosmology. redshift: None
+    a ``popsed_jax.physics.cosmology.Cosmology`` or an astropy cosmology. redshift: None
     (``cat.z_spec``), a scalar or an (N,) array, each in (0, 2]. error_floor:
     'kcorrect' (fractional floors of :data:`KCORRECT_ERROR_FLOOR`), None (errors as
     given) or a dict {band: fractional floor}.

@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import sfh as sfh_mod
-from ._dsps import import_dsps
-from .cosmology import DSPS_PLANCK15, Cosmology
-from .forward import IDX, ZSUN
+from ..physics import sfh as sfh_mod
+from ..physics._dsps import import_dsps
+from ..physics.cosmology import DSPS_PLANCK15, Cosmology
+from ..physics.forward import IDX, ZSUN
 
 N_T_TABLE = 600
 YOUNG_GYR = sfh_mod.YOUNG_GYR

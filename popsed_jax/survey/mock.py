@@ -27,7 +27,7 @@ is a *volume-weighted, non-evolving* population, independent in z and mass:
 ``zlogm = "sdss"`` (:func:`sdss_zlogm_sampler`) follows the paper's recipe instead: (z, logM)
 pairs drawn, with replacement, from a real survey's joint distribution -- the shipped SDSS
 main sample after r < 17.77, at its spectroscopic redshifts, with kcorrect (Blanton & Roweis
-2007; ``popsed_jax.independent``) surviving masses + ``FORMED_MINUS_SURVIVING_DEX``. That
+2007; ``popsed_jax.survey.independent``) surviving masses + ``FORMED_MINUS_SURVIVING_DEX``. That
 population is already magnitude-limited, so most draws pass the cut again (not all: the
 Table-2 SEDs are not the galaxies' own); it needs the optional ``kcorrect`` package.
 
@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .forward import (PARAM_NAMES, build_forward_model, check_theta,
+from ..physics.forward import (PARAM_NAMES, build_forward_model, check_theta,
                       derived_quantities, forward_fluxes, theta_from_columns,
                       theta_to_columns)
 
@@ -388,7 +388,7 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
     population = "params_table" if params_table is not None else (
         "Table 2 + volume-weighted Baldry+12" if zlogm_sampler in (None, sample_zlogm_volume)
         else f"Table 2 + (z, logM) from {getattr(zlogm_sampler, '__name__', 'a custom sampler')}")
-    meta = dict(source="popsed_jax.mock.draw_mock", population=population, **info)
+    meta = dict(source="popsed_jax.survey.mock.draw_mock", population=population, **info)
     t.meta["PSBANDS"] = json.dumps(list(filters))
     t.meta["PSMETA"] = json.dumps(meta)
     return t

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from popsed_jax import catalog as C
+from popsed_jax.survey import catalog as C
 
 UGRIZ = tuple(f"sdss2010-{b}" for b in "ugriz")
 
@@ -66,7 +66,7 @@ def test_sdss_extinction_and_ab_offsets(sdss, raw):
 
 
 def test_petrosian_r_17_77_selects_97_8_percent():
-    from popsed_jax.observe import hard_selection, parse_limit
+    from popsed_jax.survey.observe import hard_selection, parse_limit
     cat = C.read_sdss_main(flux="PETROFLUX")
     band, lim = parse_limit("r<17.77", cat.bands)
     frac = float(np.mean(np.asarray(hard_selection(cat.flux, cat.bands.index(band), lim))))
@@ -194,7 +194,7 @@ def test_ivar_columns_and_band_dict(sdss, flux_table):
 
 
 def test_empty_selection_raises(sdss):
-    from popsed_jax.observe import select_catalog
+    from popsed_jax.survey.observe import select_catalog
     with pytest.raises(ValueError, match=r"empty selection: 'r<5'.*sdss2010-r.*0 of 10000"):
         select_catalog(sdss, "r<5")
     sel = select_catalog(sdss, "r<16")

@@ -15,8 +15,11 @@ import numpy as np
 from astropy.table import Table
 
 from . import evaluate as ev
-from . import forward, observe, plots, train
-from .catalog import load_catalog
+from ..physics import forward
+from ..survey import observe
+from . import plots
+from ..inference import train
+from ..survey.catalog import load_catalog
 
 CORNER_NAMES = ("z", "logM", "logZ", "tau2", "log_sfr_100myr", "age_mw")
 
@@ -54,7 +57,7 @@ def write_products(ctx, cat, out: Path, res: dict, n_samples: int):
 def _prior_samples(ctx, n, seed=5):
     """Draws from the flow's starting distribution (the identity flow: uniform on the box, or
     uniform in comoving volume in z), observed with noise and selection; the selected rows."""
-    from . import flows
+    from ..inference import flows
 
     fc = train.flow_config(ctx.cfg)
     lo, hi = train.box_bounds(ctx.cfg)

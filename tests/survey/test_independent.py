@@ -11,10 +11,10 @@ pytest.importorskip("kcorrect")
 from astropy.cosmology import Planck15, Planck18  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from popsed_jax.catalog import Catalog, catalog_subset, load_catalog  # noqa: E402
-from popsed_jax.independent import (compare_mass_distributions,  # noqa: E402
+from popsed_jax.survey.catalog import Catalog, catalog_subset, load_catalog  # noqa: E402
+from popsed_jax.survey.independent import (compare_mass_distributions,  # noqa: E402
                                     kcorrect_masses, write_kcorrect_masses)
-from popsed_jax.observe import select_catalog  # noqa: E402
+from popsed_jax.survey.observe import select_catalog  # noqa: E402
 
 N_SUB = 300
 
@@ -89,7 +89,7 @@ def test_physical_range_and_luminosity_correlation(sdss_sub, base):
 def test_cosmology_enters_through_distance(sdss_sub, base):
     """popsed's PLANCK15 = astropy Planck15; another cosmology shifts the masses by exactly
     2 log10(d_L ratio) (the fit itself does not depend on the cosmology)."""
-    from popsed_jax.cosmology import PLANCK15
+    from popsed_jax.physics.cosmology import PLANCK15
 
     same = kcorrect_masses(sdss_sub, cosmology=PLANCK15)
     np.testing.assert_allclose(same["logM_surviving_kc"], base["logM_surviving_kc"],

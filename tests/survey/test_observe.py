@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from popsed_jax import catalog as C
-from popsed_jax import observe as O
+from popsed_jax.survey import catalog as C
+from popsed_jax.survey import observe as O
 
 # Stated tolerance: model sigma quantiles (16/50/84%) within 6% of the catalog's,
 # for the whole sample and within each flux tercile, in every band.
