@@ -1,10 +1,17 @@
-"""The ``popsed-jax`` command line."""
+"""The ``popsed-jax`` command line: every subcommand's arguments and its thin driver.
+
+Subcommands: ssp build|info, forward, catalog info, mock, fit, evaluate, plot, report. Errors the
+package raises on purpose (bad input, an invalid configuration, a diverged fit) print as one
+line and exit 2; anything else is a bug and shows its traceback."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+
+from .errors import PopsedError
+from .physics.photometry import SDSS_UGRIZ
 
 
 def _cmd_ssp_build(a):
@@ -25,6 +32,7 @@ def _cmd_forward(a):
     from astropy.table import Table
 
     from .physics import forward
+    from .physics.photometry import ZP_NMGY
     from .physics.sfh import load_sfh_bases
 
     tab = Table.read(a.params)
@@ -44,36 +52,35 @@ def _cmd_forward(a):
         for k, v in forward.derived_quantities(model, theta).items():
             if k not in out.colnames:
                 out[k] = np.asarray(v)
-    out.meta["popsed_jax"] = f"noiseless fluxes in nanomaggies (AB, zero point 22.5) for {', '.join(model.bands)}"
+    out.meta["popsed_jax"] = f"noiseless fluxes in nanomaggies (AB, zero point {ZP_NMGY}) for {', '.join(model.bands)}"
     out.write(a.out, overwrite=True, format=a.format)
     print(f"popsed-jax forward: {len(tab)} galaxies x {len(model.bands)} bands in {dt:.2f} s -> {a.out}")
 
 
 def _cmd_catalog_info(a):
-    from .survey.catalog import catalog_info_main
+    from .survey.catalog import catalog_summary, format_summary, load_catalog
 
-    print(catalog_info_main(a.catalog))
+    print(format_summary(catalog_summary(load_catalog(a.catalog))))
 
 
 def _cmd_fit(a):
     import dataclasses
 
-    from .products import fitrun
-    from .inference import train
+    from .inference.config import FitConfig
+    from .products.runfolder import RunFolder
+    from .products.runs import run_fit
 
-    from pathlib import Path
-
-    previous = Path(a.out) / "config.json"
+    folder = RunFolder(a.out)
     if a.config:
-        cfg = train.FitConfig.from_toml(a.config)
-    elif a.resume and previous.exists():  # continue the run as it was configured
-        cfg = train.FitConfig.from_dict(json.loads(previous.read_text()))
+        cfg = FitConfig.from_toml(a.config)
+    elif a.resume and folder.exists("config"):  # continue the run as it was configured
+        cfg = folder.read_config()
     else:
-        cfg = train.FitConfig()
+        cfg = FitConfig()
     over = {k: v for k, v in (("steps", a.steps), ("members", a.members), ("seed", a.seed)) if v is not None}
     cfg = dataclasses.replace(cfg, **over)
     t0 = time.perf_counter()
-    res = fitrun.run_fit(a.catalog, cfg, a.out, resume=a.resume, noise_model=a.noise_model, n_samples=a.n_samples)
+    res = run_fit(a.catalog, cfg, a.out, resume=a.resume, noise_model=a.noise_model, n_samples=a.n_samples)
     s = res["summary"]
     print(
         f"popsed-jax fit: {cfg.steps} steps x {cfg.members} member(s) in {time.perf_counter() - t0:.0f} s; "
@@ -84,9 +91,10 @@ def _cmd_fit(a):
 
 
 def _cmd_evaluate(a):
-    from .products import evaluate, fitrun
+    from .products import evaluate
+    from .products.runs import evaluate_run
 
-    res = fitrun.evaluate_run(a.run, a.truth, a.json)
+    res = evaluate_run(a.run, a.truth, a.json)
     print(evaluate.format_table(res["normalized_w1"], res.get("w1")))
     ph = res.get("photometry")
     if ph and "skipped" in ph:
@@ -116,6 +124,52 @@ def _cmd_plot(a):
     print(science.format_products(res))
 
 
+
+def _add_mock_parser(subparsers):
+    """Register ``popsed-jax mock`` on an argparse subparsers object."""
+    p = subparsers.add_parser("mock", help="mock catalog: Table-2 population observed with a noise model and a flux limit")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--params", metavar="TABLE", help="table of parameters to observe (skips the prior)")
+    g.add_argument("--n", type=int, help="number of selected galaxies to draw from the Table-2 prior")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--filters", default=",".join(SDSS_UGRIZ), help="comma-separated speclite names (default SDSS ugriz)")
+    p.add_argument("--noise-model", metavar="JSON", default=None, help="noise model JSON (default: fit to the SDSS main sample)")
+    p.add_argument("--limit", default="r<17.77", help="selection on the noisy flux, e.g. 'r<17.77'; 'none' for no cut")
+    p.add_argument("--all", action="store_true", help="keep unselected rows, with a 'selected' column")
+    p.add_argument("--zlogm", choices=("sdss", "volume"), default="volume",
+                   help="(z, logM) population: 'volume' (volume-weighted z, Baldry+12 masses; default) or "
+                        "'sdss' (pairs from the SDSS main sample: spec-z, kcorrect masses; the paper's recipe)")
+    p.add_argument("--out", required=True, metavar="MOCK.fits")
+    p.set_defaults(func=_cmd_mock)
+    return p
+
+
+def _cmd_mock(args):
+    from astropy.table import Table
+
+    from .survey.catalog import _guess_format
+    from .survey.mock import ZLOGM_SAMPLERS, draw_mock
+    t0 = time.perf_counter()
+    limit = None if str(args.limit).lower() in ("none", "") else args.limit
+    params = Table.read(args.params) if args.params else None
+    tab = draw_mock(args.n, seed=args.seed, filters=args.filters, noise_model=args.noise_model,
+                    limit=limit, params_table=params, return_all=args.all, progress=True,
+                    zlogm_sampler=None if params is not None else ZLOGM_SAMPLERS[args.zlogm]())
+    fmt = _guess_format(args.out)
+    kw = dict(path="catalog", serialize_meta=True) if fmt == "hdf5" else {}
+    tab.write(args.out, format=fmt, overwrite=True, **kw)
+    meta = json.loads(tab.meta["PSMETA"])
+    print(f"popsed-jax mock: {len(tab)} galaxies ({meta['n_drawn']} drawn, {meta['n_forward']} forward-modelled, "
+          f"{meta['rounds']} rounds) in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def _config_help(name: str) -> str:
+    from .inference.config import FitConfig, config_help
+
+    return f"{config_help()[name]} (default {getattr(FitConfig, name, None)!r})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="popsed-jax", description="Population inference of galaxy properties from photometry (PopSED, JAX).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("forward", help="noiseless fluxes for a table of parameters")
     f.add_argument("params", help="table (any astropy format) with z, logM, kappa1..3 or beta1..4, t_burst, f_burst, logZ, n_dust, tau1, tau2")
-    f.add_argument("--filters", default=",".join(__import__("popsed_jax.physics.photometry", fromlist=["x"]).DEFAULT_FILTERS), help="comma-separated speclite filter names (default SDSS ugriz)")
+    f.add_argument("--filters", default=",".join(SDSS_UGRIZ), help="comma-separated speclite filter names (default SDSS ugriz)")
     f.add_argument("--out", required=True, help="output table; columns = input + flux_<filter> [nanomaggies]")
     f.add_argument("--format", default=None, help="astropy format (default: from the extension)")
     f.add_argument("--grid", default=None, help="SSP grid (default: embedded BC03)")
@@ -147,9 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("fit", help="fit a population to a catalog (PopSED)")
     ft.add_argument("catalog", help="catalog file (SDSS kcorrect format, a popsed-jax catalog or mock), or 'sdss' / 'sdss+2mass' for the shipped SDSS sample (ugriz / ugriz + 2MASS JHKs)")
     ft.add_argument("--config", default=None, help="TOML file with FitConfig keys (optionally under [fit])")
-    ft.add_argument("--steps", type=int, default=None)
-    ft.add_argument("--members", type=int, default=None, help="ensemble members trained at once")
-    ft.add_argument("--seed", type=int, default=None)
+    ft.add_argument("--steps", type=int, default=None, help=_config_help("steps"))
+    ft.add_argument("--members", type=int, default=None, help=_config_help("members"))
+    ft.add_argument("--seed", type=int, default=None, help=_config_help("seed"))
     ft.add_argument("--noise-model", default=None, help="noise model JSON (default: fitted to the catalog)")
     ft.add_argument("--n-samples", type=int, default=10000, help="population samples written to samples.fits")
     ft.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint, with its config.json unless --config is given (on a finished run: re-make the products)")
@@ -177,9 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-plots", action="store_true", help="do not (re)make the science plots first")
     rp.set_defaults(func=_cmd_report)
 
-    from .survey.mock import add_mock_parser
-
-    add_mock_parser(sub)
+    _add_mock_parser(sub)
 
     c = sub.add_parser("catalog", help="survey catalogs")
     csub = c.add_subparsers(dest="catalog_command", required=True)
@@ -193,11 +245,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except Exception as err:  # user-facing errors get one line; anything else is a bug: re-raise
-        if isinstance(err, (ValueError, FileNotFoundError, KeyError)) or type(err).__name__ == "FitDiverged":
-            print(f"popsed-jax: error: {err}", file=sys.stderr)
-            return 2
-        raise
+    except (PopsedError, ValueError, FileNotFoundError, KeyError) as err:  # user-facing: one line
+        print(f"popsed-jax: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -35,19 +35,8 @@ import numpy as np
 
 from . import cosmology as cosmo_mod
 from . import dust, photometry, sfh, ssp
+from .params import IDX, PARAM_BOUNDS, PARAM_NAMES, PARAM_UNITS, ZSUN, theta_from_columns, theta_to_columns  # noqa: F401
 
-PARAM_NAMES = ("z", "logM", "kappa1", "kappa2", "kappa3", "t_burst", "f_burst", "logZ", "n_dust", "tau1", "tau2")
-PARAM_UNITS = {
-    "z": "", "logM": "log10 Msun (formed)", "kappa1": "", "kappa2": "", "kappa3": "", "t_burst": "Gyr (lookback)",
-    "f_burst": "", "logZ": "log10 Z/Zsun (Zsun=0.019)", "n_dust": "", "tau1": "", "tau2": "",
-}
-PARAM_BOUNDS = {
-    "z": (0.0, 0.8), "logM": (7.5, 13.0), "kappa1": (0.0, 1.0), "kappa2": (0.0, 1.0), "kappa3": (0.0, 1.0),
-    "t_burst": (0.01, 13.27), "f_burst": (0.0, 1.0), "logZ": (-2.6, 0.3), "n_dust": (-3.0, 1.0),
-    "tau1": (0.0, 3.0), "tau2": (0.0, 3.0),
-}
-ZSUN = 0.019
-IDX = {n: i for i, n in enumerate(PARAM_NAMES)}
 
 
 @jax.tree_util.register_dataclass
@@ -310,7 +299,7 @@ def forward_fluxes(model: ForwardModel, theta, chunk_size: int | None = None):
 
 def forward_mags(model: ForwardModel, theta, chunk_size=None):
     """AB magnitudes (N, n_bands) of the noiseless fluxes."""
-    return 22.5 - 2.5 * jnp.log10(forward_fluxes(model, theta, chunk_size))
+    return photometry.ZP_NMGY - 2.5 * jnp.log10(forward_fluxes(model, theta, chunk_size))
 
 
 def derived_quantities(model: ForwardModel, theta) -> dict[str, Any]:
@@ -355,39 +344,6 @@ def derived_quantities(model: ForwardModel, theta) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------
 # named form, validation
 # ------------------------------------------------------------------------------------
-def theta_from_columns(cols) -> np.ndarray:
-    """Mapping (dict, astropy Table, structured array) of columns -> (N, 11) array.
-
-    SFH coefficients may be given as kappa1..kappa3 or as beta1..beta4 (on the simplex)."""
-    names = set(cols.keys()) if hasattr(cols, "keys") else set(cols.colnames)
-    if {"kappa1", "kappa2", "kappa3"} <= names:
-        kappa = np.stack([np.asarray(cols[f"kappa{i}"], float) for i in (1, 2, 3)], -1)
-    elif {"beta1", "beta2", "beta3", "beta4"} <= names:
-        beta = np.stack([np.asarray(cols[f"beta{i}"], float) for i in (1, 2, 3, 4)], -1)
-        s = beta.sum(-1)
-        if np.any(np.abs(s - 1) > 1e-4) or np.any(beta < -1e-8):
-            i = int(np.argmax(np.abs(s - 1)))
-            raise ValueError(f"beta1..beta4 must be non-negative and sum to 1: row {i} sums to {s[i]:.6g}")
-        kappa = np.asarray(sfh.beta_to_kappa(beta / s[:, None]))
-    else:
-        raise ValueError("parameter table needs kappa1..kappa3 or beta1..beta4 columns")
-    need = [n for n in PARAM_NAMES if not n.startswith("kappa")]
-    missing = [n for n in need if n not in names]
-    if missing:
-        raise ValueError(f"parameter table lacks column(s) {missing}; expected {list(PARAM_NAMES)} (or beta1..beta4)")
-    cols_out = {n: np.asarray(cols[n], float) for n in need}
-    cols_out.update({f"kappa{i + 1}": kappa[:, i] for i in range(3)})
-    return np.stack([cols_out[n] for n in PARAM_NAMES], -1)
-
-
-def theta_to_columns(theta) -> dict[str, np.ndarray]:
-    theta = np.asarray(theta)
-    out = {n: theta[:, i] for i, n in enumerate(PARAM_NAMES)}
-    beta = np.asarray(sfh.kappa_to_beta(theta[:, 2:5]))
-    out.update({f"beta{i + 1}": beta[:, i] for i in range(4)})
-    return out
-
-
 def check_theta(theta, model: ForwardModel | None = None, bounds=PARAM_BOUNDS) -> np.ndarray:
     """Validate an (N, 11) parameter array outside jit; raise ValueError naming the fault."""
     theta = np.asarray(theta, float)

@@ -12,24 +12,70 @@ gives its exact AB magnitude.
 from __future__ import annotations
 
 import difflib
+import functools
+import os
+from importlib import resources
 
 import numpy as np
 
+__all__ = [
+    "ZP_NMGY", "F0_NMGY", "AB0_LSUN_HZ", "SDSS_UGRIZ", "DEFAULT_FILTERS",
+    "mag_to_flux", "flux_to_mag", "magerr_to_fluxerr", "filter_names", "validate_filter_names",
+    "load_filter_curves", "filter_support", "filter_matrix",
+]
+
+# --------------------------------------------------------------------------
+# conventions: the one home of the zero point, flux <-> magnitude and the default bands
+# --------------------------------------------------------------------------
+ZP_NMGY = 22.5  # AB magnitude of 1 nanomaggy
+F0_NMGY = 10.0 ** (0.4 * ZP_NMGY)  # 1 maggie in nanomaggies (1e9)
 AB0_LSUN_HZ = 1.13492e-13  # 3631 Jy at 10 pc [Lsun/Hz] (DSPS's AB0)
-DEFAULT_FILTERS = ("sdss2010-u", "sdss2010-g", "sdss2010-r", "sdss2010-i", "sdss2010-z")
-NMGY_ZP = 22.5
+SDSS_UGRIZ = ("sdss2010-u", "sdss2010-g", "sdss2010-r", "sdss2010-i", "sdss2010-z")
+DEFAULT_FILTERS = SDSS_UGRIZ  # the forward model's and the mock's default bands
 
 
-def available_filter_names() -> list[str]:
-    import speclite.filters as sf
+def mag_to_flux(mag, zero_point=ZP_NMGY):
+    """AB magnitude -> flux in units of the zero point (nanomaggies by default)."""
+    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - zero_point))
 
-    names = []
-    for group in sf.filter_group_names:
-        try:
-            names += list(sf.load_filters(group + "-*").names)
-        except Exception:  # noqa: BLE001 - a broken group must not hide the others
-            pass
-    return names
+
+def flux_to_mag(flux, zero_point=ZP_NMGY):
+    """Flux (nanomaggies) -> AB magnitude; NaN for non-positive flux."""
+    f = np.asarray(flux, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(f > 0, zero_point - 2.5 * np.log10(np.where(f > 0, f, 1.0)), np.nan)
+
+
+def magerr_to_fluxerr(flux, mag_err):
+    """1-sigma magnitude error -> flux error, sigma_f = (0.4 ln 10) |f| sigma_m."""
+    return 0.4 * np.log(10.0) * np.abs(flux) * np.asarray(mag_err, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=1)
+def filter_names() -> tuple:
+    """All filter names shipped with speclite, e.g. 'sdss2010-r'."""
+    root = resources.files("speclite").joinpath("data").joinpath("filters")
+    return tuple(sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".ecsv")))
+
+
+def _close_matches(name) -> list:
+    known = filter_names()
+    close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
+    return close or [k for k in known if str(name).lower() in k.lower()][:5]
+
+
+def validate_filter_names(names) -> tuple:
+    """Check names against speclite (or existing .ecsv files); ValueError lists close matches."""
+    known = filter_names()
+    for name in names:
+        if name in known or (str(name).endswith(".ecsv") and os.path.exists(name)):
+            continue
+        close = _close_matches(name)
+        raise ValueError(
+            f"unknown filter name {name!r}: not a speclite filter"
+            + (f"; close matches: {', '.join(close)}" if close else "")
+            + "; see speclite.filters.filter_group_names for groups")
+    return tuple(names)
 
 
 def load_filter_curves(names) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -48,7 +94,7 @@ def load_filter_curves(names) -> list[tuple[str, np.ndarray, np.ndarray]]:
         try:
             f = sf.load_filter(n)
         except Exception as err:  # speclite raises ValueError/RuntimeError/FileNotFoundError
-            close = difflib.get_close_matches(n, available_filter_names(), n=5)
+            close = _close_matches(n)
             raise ValueError(f"unknown filter {n!r}" + (f"; did you mean {', '.join(close)}?" if close else "")) from err
         out.append((n, np.asarray(f.wavelength, float), np.asarray(f.response, float)))
     return out
@@ -69,11 +115,3 @@ def filter_matrix(curves, wave_obs: np.ndarray) -> np.ndarray:
         bad = [curves[i][0] for i in np.nonzero(m.sum(0) <= 0)[0]]
         raise ValueError(f"filters {bad} have no response on the model's wavelength grid")
     return m / m.sum(0, keepdims=True)
-
-
-def flux_to_mag(flux_nmgy):
-    return NMGY_ZP - 2.5 * np.log10(flux_nmgy)
-
-
-def mag_to_flux(mag):
-    return 10 ** (-0.4 * (np.asarray(mag) - NMGY_ZP))

@@ -15,29 +15,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from ..physics.params import with_log_sfr
+
 EVAL_QUANTITIES = (
     "z", "logM", "beta1", "beta2", "beta3", "beta4", "t_burst", "f_burst", "logZ", "n_dust", "tau1", "tau2",
     "logM_surviving", "log_sfr_100myr", "log_ssfr_100myr", "age_mw",
 )
-
-
-SFR_FLOOR = 1e-6  # Msun/yr: floor of log SFR (no star formation in the window -> -6)
-LOG_SSFR_FLOOR = -14.0  # log10(1/yr): floor of log sSFR
-FLAG_RATIO = 3.0  # a fit member whose validation divergence exceeds this multiple of the data floor is flagged
-
-
-def log_sfr(sfr, floor: float = SFR_FLOOR):
-    """log10 SFR [Msun/yr] with SFR floored at ``floor`` (1e-6 Msun/yr by default)."""
-    return np.log10(np.maximum(np.asarray(sfr, float), floor))
-
-
-def with_log_sfr(cols: dict) -> dict:
-    out = dict(cols)
-    if "sfr_100myr" in cols and "log_sfr_100myr" not in cols:
-        out["log_sfr_100myr"] = log_sfr(cols["sfr_100myr"])
-    if "log_ssfr_100myr" in out:
-        out["log_ssfr_100myr"] = np.maximum(np.asarray(out["log_ssfr_100myr"], float), LOG_SSFR_FLOOR)
-    return out
 
 
 def normalized_w1(recovered: dict, truth: dict, prior: dict, names=EVAL_QUANTITIES) -> dict[str, float]:

@@ -19,7 +19,8 @@ import json
 import math
 from pathlib import Path
 
-from .evaluate import FLAG_RATIO  # train.fit flags a member whose val/floor exceeds this (or is non-finite)
+from ..inference.config import FLAG_RATIO, config_groups, config_help
+from .runfolder import FILES, RunFolder
 
 __all__ = ["write_report", "build_report_html", "FLAG_RATIO"]
 
@@ -31,61 +32,23 @@ BAR_PX = 160  # width of the normalized-W1 bar scale 0..2 (1 = prior at the midd
 
 # figure name -> (section id, caption)
 CORE_FIGURES = {
-    "loss.png": "Training divergence per member with the blur (epsilon) and noise annealing schedules (left); "
+    FILES["loss_plot"]: "Training divergence per member with the blur (epsilon) and noise annealing schedules (left); "
     "held-out validation divergence with the data-vs-data floor (right).",
-    "ppc.png": "Posterior predictive check: observed magnitudes and adjacent colours (black) vs photometry simulated "
+    FILES["ppc_plot"]: "Posterior predictive check: observed magnitudes and adjacent colours (black) vs photometry simulated "
     "from the fitted population with the noise model and survey selection applied (orange).",
-    "noise_model.png": "Noise model per band: catalog flux uncertainty vs flux, with the model median and 16-84% band.",
-    "corner.png": "The fitted population (samples that pass the survey selection): redshift, formed stellar mass, "
+    FILES["noise_plot"]: "Noise model per band: catalog flux uncertainty vs flux, with the model median and 16-84% band.",
+    FILES["corner"]: "The fitted population (samples that pass the survey selection): redshift, formed stellar mass, "
     "metallicity, diffuse dust, log SFR (100 Myr) and mass-weighted age.",
 }
 SCIENCE_FIGURES = {
-    "nz.png": "Redshift distribution n(z) of the selected population vs the catalog's spectroscopic redshifts (never seen by the fit).",
-    "smf.png": "Stellar mass function: 1/Vmax (forward-modelled z_max) and the population's intrinsic one, with Baldry et al. (2012).",
-    "sfms.png": "Star-forming main sequence (SFR vs stellar mass) at z < 0.1, with Speagle et al. (2014) and Renzini & Peng (2015).",
-    "masses_vs_kcorrect.png": "Stellar masses of the population vs kcorrect template fits of the same galaxies at their spec-z "
+    FILES["nz_plot"]: "Redshift distribution n(z) of the selected population vs the catalog's spectroscopic redshifts (never seen by the fit).",
+    FILES["smf_plot"]: "Stellar mass function: 1/Vmax (forward-modelled z_max) and the population's intrinsic one, with Baldry et al. (2012).",
+    FILES["sfms_plot"]: "Star-forming main sequence (SFR vs stellar mass) at z < 0.1, with Speagle et al. (2014) and Renzini & Peng (2015).",
+    FILES["masses_plot"]: "Stellar masses of the population vs kcorrect template fits of the same galaxies at their spec-z "
     "(BC03 + Chabrier, Planck15, stars + remnants): whole sample and redshift slices.",
 }
 EVAL_FIGURES = {
-    "corner_vs_truth.png": "Recovered population (blue) vs the mock's true parameters (black), selected galaxies only.",
-}
-
-CONFIG_GROUPS = (
-    ("Optimisation", ("steps", "lr", "n_sim", "batch_obs", "members", "seed", "loss")),
-    ("Annealing schedules", ("blur", "noise_c", "noise_tau")),
-    ("Survey and data", ("limit", "selection_width", "z_range", "colours")),
-    ("Population prior", ("z_prior", "kl_weight")),
-    ("Validation", ("val_loss", "val_fraction", "n_val", "val_every")),
-    ("Normalizing flow", ("flow_layers", "flow_bins", "flow_hidden")),
-    ("Forward model", ("met_mode",)),
-    ("Bookkeeping", ("checkpoint_every",)),
-)
-CONFIG_HELP = {
-    "steps": "optimisation steps",
-    "lr": "learning rate",
-    "n_sim": "flow samples per step and member",
-    "batch_obs": "observed galaxies per step and member",
-    "members": "ensemble members (independent flows)",
-    "seed": "random seed",
-    "loss": "training loss",
-    "blur": "Sinkhorn blur schedule (fraction of training: epsilon)",
-    "noise_c": "noise anti-annealing amplitude c in 1/(1 + c exp(-tau i/steps))",
-    "noise_tau": "noise anti-annealing rate tau",
-    "limit": "survey magnitude limit",
-    "selection_width": "width of the soft selection [mag]",
-    "z_range": "redshift range of the prior box",
-    "z_prior": "the flow's starting redshift distribution: uniform in comoving volume (\"volume\") or in z",
-    "kl_weight": "weight of KL(population || starting distribution) added to the training loss",
-    "colours": "features: r asinh mag + adjacent colours",
-    "val_loss": "validation divergence and data floor",
-    "val_fraction": "held-out fraction of the catalog",
-    "n_val": "simulated points per validation divergence",
-    "val_every": "validate every N steps",
-    "flow_layers": "coupling layers",
-    "flow_bins": "spline bins",
-    "flow_hidden": "hidden units",
-    "met_mode": "metallicity treatment",
-    "checkpoint_every": "checkpoint every N steps",
+    FILES["corner_truth"]: "Recovered population (blue) vs the mock's true parameters (black), selected galaxies only.",
 }
 
 CSS = """
@@ -405,7 +368,7 @@ def _section_fit_quality(summary: dict, val_loss: str | None = None) -> str:
 def _section_config(cfg: dict) -> str:
     used = set()
     blocks = []
-    for title, keys in CONFIG_GROUPS:
+    for title, keys in config_groups():
         items = [(k, cfg[k]) for k in keys if k in cfg]
         used |= {k for k, _ in items}
         if items:
@@ -421,7 +384,7 @@ def _section_config(cfg: dict) -> str:
                 val = ", ".join(f"{_fmt(a, '.2f')}: {_fmt(b)}" for a, b in v)
             else:
                 val = _fmt(v)
-            rows += f"<tr><th>{_e(k)}</th><td{_num_class(v)}>{val}</td><td class='help'>{_e(CONFIG_HELP.get(k, ''))}</td></tr>"
+            rows += f"<tr><th>{_e(k)}</th><td{_num_class(v)}>{val}</td><td class='help'>{_e(config_help().get(k, ''))}</td></tr>"
         html_blocks.append(f"<div><h3>{_e(title)}</h3><table>{rows}</table></div>")
     return f'<div class="groups">{"".join(html_blocks)}</div>'
 
@@ -454,23 +417,24 @@ def _section_evaluation(ev: dict) -> str:
 # ----------------------------------------------------------------------------------------
 def build_report_html(run) -> str:
     """The report page of run folder `run` as an HTML string (see write_report)."""
-    run = Path(run)
+    folder = RunFolder(run)
+    run = folder.path
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {run} does not exist (expected config.json and summary.json in it)")
     missing: list[str] = []
     bad: list[str] = []
-    cfg = _read_json(run / "config.json", True, missing, bad)
-    summary = _read_json(run / "summary.json", True, missing, bad)
+    cfg = _read_json(folder["config"], True, missing, bad)
+    summary = _read_json(folder["summary"], True, missing, bad)
     if not isinstance(cfg, dict):
-        raise ValueError(f"{run / 'config.json'} does not hold a JSON object")
+        raise ValueError(f"{folder['config']} does not hold a JSON object")
     if not isinstance(summary, dict):
-        raise ValueError(f"{run / 'summary.json'} does not hold a JSON object")
-    info = _read_json(run / "run_info.json", False, missing, bad) or {}
+        raise ValueError(f"{folder['summary']} does not hold a JSON object")
+    info = _read_json(folder["run_info"], False, missing, bad) or {}
     if not isinstance(info, dict):
         bad.append("run_info.json (not a JSON object)")
         info = {}
-    science = _read_json(run / "science.json", False, missing, bad)
-    evaluation = _read_json(run / "evaluation.json", False, missing, bad)
+    science = _read_json(folder["science"], False, missing, bad)
+    evaluation = _read_json(folder["evaluation"], False, missing, bad)
 
     sections: list[tuple[str, str, str]] = []  # (id, title, body)
 
@@ -483,7 +447,7 @@ def build_report_html(run) -> str:
         ("galaxies in catalog", info.get("n_catalog")),
         ("bands", short_bands),
         ("survey limit", cfg.get("limit")),
-        ("run finished", _mtime(run / "summary.json")),
+        ("run finished", _mtime(folder["summary"])),
         ("steps", summary.get("steps", cfg.get("steps"))),
         ("ensemble members", summary.get("members", cfg.get("members"))),
         ("wall time", _duration(summary.get("seconds"))),
@@ -550,7 +514,7 @@ def write_report(run, out=None) -> Path:
     Returns the path written.
     """
     text = build_report_html(run)
-    out = Path(out) if out is not None else Path(run) / "report.html"
+    out = Path(out) if out is not None else RunFolder(run)["report"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return out

@@ -1,7 +1,7 @@
 """Science products of a fitted population: derived quantities, n(z), stellar mass function, main sequence.
 
 All functions take *population samples* (RUN/samples.fits as an astropy Table or a dict of
-(N,) arrays with the columns that ``fitrun.write_products`` writes: the 11 parameters,
+(N,) arrays with the columns that ``runs.write_products`` writes: the 11 parameters,
 ``logM_surviving``, ``sfr_100myr``, ``sfr_10myr``, ``log_ssfr_100myr``, ``age_mw``,
 ``t_universe``, ``selected`` and optionally ``member``). The samples describe the INTRINSIC
 population (before selection); ``selected`` marks those the survey would observe.
@@ -23,9 +23,7 @@ double-Schechter GSMF (parameters from ``mock.BALDRY12``), Speagle et al. (2014,
 """
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from pathlib import Path
 
 import jax
@@ -34,22 +32,20 @@ import numpy as np
 from scipy import stats
 
 from ..physics import forward
-from ..survey import observe
+from ..survey.selection import band_index, parse_limit, select_catalog
 from . import plots
 from ..survey.catalog import is_shipped_sdss
-from .evaluate import LOG_SSFR_FLOOR, SFR_FLOOR, log_sfr
-from ..physics.cosmology import PLANCK15
-from ..survey.mock import BALDRY12, H_SHIFT_DEX
+from ..physics.params import LOG_SSFR_FLOOR, SFR_FLOOR, log_sfr
+from ..physics.relations import KROUPA_TO_CHABRIER_DEX, baldry12_smf, renzini_peng15_sfms, speagle14_sfms  # noqa: F401
 
 __all__ = [
     "SFR_FLOOR", "LOG_SSFR_FLOOR", "FULL_SKY_DEG2", "DEFAULT_QUANTITIES", "KROUPA_TO_CHABRIER_DEX",
-    "log_sfr", "population_summary", "nz_comparison", "plot_nz", "zmax_forward", "comoving_volume",
-    "vmax", "vmax_smf", "baldry12_smf", "plot_smf", "speagle14_sfms", "renzini_peng15_sfms",
-    "quiescent_fraction", "star_forming_fraction", "plot_sfms", "make_science_products",
+    "log_sfr", "population_summary", "nz_comparison", "zmax_forward", "comoving_volume",
+    "vmax", "vmax_smf", "baldry12_smf", "speagle14_sfms", "renzini_peng15_sfms",
+    "quiescent_fraction", "star_forming_fraction", "make_science_products",
 ]
 
 FULL_SKY_DEG2 = 41252.96  # deg^2 in 4 pi sr
-KROUPA_TO_CHABRIER_DEX = -0.03  # log M (and log SFR) Chabrier - Kroupa, ~0.03 dex (e.g. Madau & Dickinson 2014: 0.61/0.66)
 DEFAULT_QUANTITIES = ("logM_surviving", "log_sfr_100myr", "log_sfr_10myr", "log_ssfr_100myr", "age_mw", "logZ", "z")
 SMF_BINS = np.arange(8.0, 12.41, 0.2)
 SDSS_NOTE = ("the SDSS file has no survey area or sampling rate: the SMF normalisation is unknown "
@@ -181,41 +177,6 @@ def nz_comparison(z_pop, z_spec, weights=None) -> dict:
     )
 
 
-def plot_nz(z_pop_selected, z_spec, path, members=None, note: str | None = None):
-    """Histograms of the selected population's z and the catalog's spec-z (None: population
-    alone, with a note); thin per-member curves when ``members`` holds several indices."""
-    from .plots import _plt
-
-    plt = _plt()
-    z_pop = np.asarray(z_pop_selected, float)
-    zs = None if z_spec is None else np.asarray(z_spec, float)[np.isfinite(z_spec)]
-    hi = np.nanpercentile(np.concatenate([z_pop, zs]) if zs is not None and zs.size else z_pop, 99.5)
-    bins = np.linspace(0, max(hi * 1.1, 0.02), 45)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    title = "n(z)"
-    if zs is not None and zs.size:
-        ax.hist(zs, bins, density=True, histtype="step", color="k", lw=2, label=f"catalog spec-z ({zs.size})")
-        title = f"n(z): W1(population, spec-z) = {nz_comparison(z_pop, zs)['w1']:.4f}"
-    ax.hist(z_pop, bins, density=True, histtype="step", color="C1", lw=2, label=f"population, selected ({z_pop.size})")
-    if members is not None:
-        mem = np.asarray(members)
-        ids = np.unique(mem)
-        if ids.size > 1:
-            for m in ids:
-                ax.hist(z_pop[mem == m], bins, density=True, histtype="step", color="C1", lw=0.6, alpha=0.6)
-            ax.plot([], [], color="C1", lw=0.6, label=f"{ids.size} members")
-    if zs is None or not zs.size:
-        note = note or "catalog has no spec-z: population only"
-    if note:
-        ax.text(0.98, 0.70, note, ha="right", va="top", transform=ax.transAxes, fontsize=8)
-    ax.set(xlabel="z", ylabel="n(z) (normalised)", title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # ----------------------------------------------------------------------------------------
 # 3. stellar mass function, 1/Vmax
 # ----------------------------------------------------------------------------------------
@@ -327,21 +288,6 @@ def vmax(z_max, z_min: float, area_deg2: float | None = None) -> np.ndarray:
     return frac * (comoving_volume(z_max) - comoving_volume(z_min))
 
 
-def baldry12_smf(logM, h: float = PLANCK15.H0 / 100.0) -> np.ndarray:
-    """Baldry et al. (2012, MNRAS 421, 621; GAMA, z < 0.06, Chabrier IMF) double Schechter GSMF.
-
-    phi(logM) = ln10 exp(-M/M*) [phi1* (M/M*)^(alpha1+1) + phi2* (M/M*)^(alpha2+1)] [Mpc^-3 dex^-1],
-    with M* = 10^10.66 Msun, phi1* = 3.96e-3, alpha1 = -0.35, phi2* = 0.79e-3, alpha2 = -1.47 for
-    H0 = 70 (``mock.BALDRY12``). Converted to Hubble parameter h: M* ∝ h^-2, phi* ∝ h^3
-    (for Planck15's h = 0.6774, M* moves by ``mock.H_SHIFT_DEX`` = +0.0285 dex).
-    """
-    p = BALDRY12
-    shift = H_SHIFT_DEX if abs(h - PLANCK15.H0 / 100.0) < 1e-9 else 2.0 * np.log10(p["h"] / h)
-    x = 10.0 ** (np.asarray(logM, float) - p["logMstar"] - shift)
-    f = (h / p["h"]) ** 3
-    return f * np.log(10) * np.exp(-x) * (p["phi1"] * x ** (p["alpha1"] + 1) + p["phi2"] * x ** (p["alpha2"] + 1))
-
-
 def vmax_smf(samples, model, limit: str, z_range, n_catalog: int, area_deg2: float | None = None, bins=SMF_BINS,
              sampling_rate: float = 1.0, z_cut: float = 0.1, n_z: int = 40, chunk: int = 256, z_max=None) -> dict:
     """Stellar mass function of the population by 1/V_max over its selected samples.
@@ -375,8 +321,8 @@ def vmax_smf(samples, model, limit: str, z_range, n_catalog: int, area_deg2: flo
     logm = _quantity(cols, "logM_surviving")
     z_lo, z_hi = float(z_range[0]), float(z_range[1])
     if z_max is None:
-        band, lim = observe.parse_limit(limit, model.bands)
-        k = observe.band_index(model.bands, band)
+        band, lim = parse_limit(limit, model.bands)
+        k = band_index(model.bands, band)
         theta = forward.theta_from_columns(cols)[sel]
         z_max = zmax_forward(model, theta, k, lim, (z_lo, z_hi), n_z=n_z, chunk=chunk)
     z_max = np.clip(np.asarray(z_max, float), z_lo, z_hi)
@@ -421,81 +367,9 @@ def _match_scale(logm, phi, lo=10.0, hi=11.3):
     return float(10 ** np.mean(np.log10(baldry12_smf(logm[ok])) - np.log10(phi[ok])))
 
 
-def plot_smf(smf: dict, path, caption: str | None = None, sdss: bool = True) -> dict:
-    """log phi vs log M_surviving: 1/V_max (pooled, error bars; members thin), the population's
-    intrinsic mass function, and Baldry+12 (Planck15 h). Without an area (``smf['normalized']``
-    False) our curves are scaled by one factor A to Baldry+12 over 10 <= logM <= 11.3 (shape
-    comparison; A = 1 / (sky fraction x sampling rate), reported). The caption says so and, with
-    ``sdss`` (default: the project's catalog), that the SDSS file lacks the survey area and
-    sampling rate. Returns {scale, implied_area_times_rate_deg2}."""
-    from .plots import _plt
-
-    plt = _plt()
-    lm, phi = smf["logM"], smf["phi"]
-    scale = 1.0 if smf["normalized"] else _match_scale(lm, phi)
-    implied = None if smf["normalized"] or not np.isfinite(scale) else FULL_SKY_DEG2 / scale
-    fig, ax = plt.subplots(figsize=(6.6, 5.0))
-    fine = np.linspace(lm[0] - 0.1, lm[-1] + 0.1, 200)
-    ax.plot(fine, np.log10(baldry12_smf(fine)), "k-", lw=1.5, label="Baldry+12 GAMA z<0.06 (h=0.6774)")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        y = np.log10(scale * phi)
-        lo = np.log10(scale * np.maximum(phi - smf["phi_err"], 1e-30))
-        hi = np.log10(scale * (phi + smf["phi_err"]))
-        ok = phi > 0
-        ax.errorbar(lm[ok], y[ok], yerr=[(y - lo)[ok], (hi - y)[ok]], fmt="o", color="C0", ms=4, label="population 1/Vmax (selected)")
-        pm = smf["phi_members"]
-        if pm.shape[0] > 1:
-            for m in range(pm.shape[0]):
-                ax.plot(lm, np.log10(scale * pm[m]), color="C0", lw=0.5, alpha=0.6)
-            ax.plot([], [], color="C0", lw=0.5, label=f"{pm.shape[0]} members")
-        yi = np.log10(scale * smf["phi_intrinsic"])
-        ax.plot(lm, yi, "--", color="C3", label=f"population intrinsic, z<{smf['z_cut']:.2f}")
-        if smf["phi_intrinsic_members"].shape[0] > 1:
-            for m in range(smf["phi_intrinsic_members"].shape[0]):
-                ax.plot(lm, np.log10(scale * smf["phi_intrinsic_members"][m]), color="C3", lw=0.4, alpha=0.5)
-    allv = np.concatenate([y[np.isfinite(y)], np.log10(baldry12_smf(fine))])
-    ax.set_ylim(max(allv.min() - 0.5, -8), allv.max() + 0.5)
-    ax.set(xlabel="log10 M_surviving [Msun] (Chabrier, h=0.6774)", ylabel="log10 phi [Mpc^-3 dex^-1]", title="stellar mass function")
-    ax.legend(fontsize=8, loc="lower left")
-    if caption is None:
-        if smf["normalized"]:
-            caption = f"area {smf['area_deg2']:g} deg^2, sampling rate {smf['sampling_rate']:g}"
-        else:
-            caption = (("the SDSS file lacks the survey area and sampling rate" if sdss else "no survey area / sampling rate given")
-                       + ": normalisation unknown;\n"
-                       + (f"curves scaled by A = {scale:.3g} to Baldry+12 at 10<logM<11.3 (= area x rate of {implied:.3g} deg^2)"
-                          if implied else "curves not scaled"))
-    fig.text(0.01, 0.005, caption, fontsize=7, va="bottom")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return dict(scale=scale, implied_area_times_rate_deg2=implied)
-
-
 # ----------------------------------------------------------------------------------------
 # 4. star-forming main sequence
 # ----------------------------------------------------------------------------------------
-def speagle14_sfms(logM, t_gyr, chabrier: bool = False):
-    """Speagle et al. (2014, ApJS 214, 15, eq. 28) main sequence, log SFR [Msun/yr]:
-
-        log SFR = (0.84 - 0.026 t) log M - (6.51 - 0.11 t),   t = age of the universe [Gyr],
-
-    for a Kroupa IMF. chabrier=True takes Chabrier masses and returns Chabrier SFRs: both are
-    ~0.03 dex below Kroupa (``KROUPA_TO_CHABRIER_DEX``), so log M is raised by 0.03 before and
-    log SFR lowered by 0.03 after (net (a - 1) x 0.03 ~ -0.015 dex at z~0).
-    """
-    logM = np.asarray(logM, float)
-    t = np.asarray(t_gyr, float)
-    d = KROUPA_TO_CHABRIER_DEX if chabrier else 0.0
-    return (0.84 - 0.026 * t) * (logM - d) - (6.51 - 0.11 * t) + d
-
-
-def renzini_peng15_sfms(logM):
-    """Renzini & Peng (2015, ApJL 801, L29) main sequence of SDSS (z ~ 0) star-forming galaxies:
-    log SFR = 0.76 log M - 7.64 [Msun/yr], applied as published (no IMF conversion)."""
-    return 0.76 * np.asarray(logM, float) - 7.64
-
-
 def quiescent_fraction(log_ssfr, threshold: float = -11.0, weights=None) -> float:
     """Fraction (weighted if ``weights``) with log sSFR [1/yr] < threshold; NaNs ignored
     (-inf counts as quiescent). NaN for an empty input."""
@@ -519,66 +393,6 @@ def _sfms_data(cols, z_max, threshold):
                 t_u=float(np.median(_quantity(cols, "t_universe")[sel])) if sel.any() and "t_universe" in cols else 13.0)
 
 
-def plot_sfms(samples, path, z_max: float = 0.1, threshold: float = -11.0, mass_bins=np.arange(8.0, 12.01, 0.25)) -> dict:
-    """log SFR_100Myr vs log M_surviving of the selected samples at z < z_max: density
-    contours, median SFR of star-forming samples (log sSFR >= threshold) per mass bin (pooled
-    line; min-max of the per-member medians as a band), Speagle+14 (Chabrier-shifted, at the
-    median t_universe of these samples) and Renzini & Peng 2015. Samples at the SFR floor
-    (1e-6 Msun/yr) are counted in the legend. Returns {n, quiescent_fraction, t_universe,
-    qf_members, sf_median (n_bins,), sf_median_members (K, n_bins), mass_bins}."""
-    from .plots import _plt
-
-    plt = _plt()
-    cols = _as_columns(samples)
-    d = _sfms_data(cols, z_max, threshold)
-    lm, ls, lss, mem = d["logm"], d["lsfr"], d["lssfr"], d["member"]
-    fq = quiescent_fraction(lss, threshold)
-    ids = np.unique(mem)
-    fq_m = [quiescent_fraction(lss[mem == m], threshold) for m in ids]
-    centres = 0.5 * (mass_bins[1:] + mass_bins[:-1])
-
-    def sf_medians(mask):
-        out = np.full(centres.size, np.nan)
-        for j in range(centres.size):
-            s = mask & (lm >= mass_bins[j]) & (lm < mass_bins[j + 1]) & (lss >= threshold)
-            if s.sum() >= 5:
-                out[j] = np.median(ls[s])
-        return out
-
-    med = sf_medians(np.ones(lm.size, bool))
-    med_m = np.array([sf_medians(mem == m) for m in ids]) if ids.size else np.zeros((0, centres.size))
-    fig, ax = plt.subplots(figsize=(6.6, 5.0))
-    yr = (-3.5, 2.5)
-    if lm.size >= 20:
-        h, xe, ye = np.histogram2d(lm, np.clip(ls, yr[0], yr[1]), bins=[np.linspace(8, 12.5, 31), np.linspace(*yr, 31)])
-        h = h.T / max(h.max(), 1)
-        ax.contourf(0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1]), h, levels=[0.05, 0.2, 0.4, 0.6, 0.8, 1.01], cmap="Blues", alpha=0.8)
-        ax.contour(0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1]), h, levels=[0.05, 0.2, 0.4, 0.6, 0.8], colors="C0", linewidths=0.6)
-    else:
-        ax.scatter(lm, np.clip(ls, *yr), s=4, color="C0")
-    ax.plot(centres, med, "o-", color="C0", ms=4, label=f"population SF median (log sSFR >= {threshold:g})")
-    if ids.size > 1:
-        with warnings.catch_warnings():  # bins without star-forming samples in any member
-            warnings.simplefilter("ignore", RuntimeWarning)
-            band_lo, band_hi = np.nanmin(med_m, 0), np.nanmax(med_m, 0)
-        ax.fill_between(centres, band_lo, band_hi, color="C0", alpha=0.3, label=f"{ids.size} members (min-max)")
-    x = np.linspace(8.5, 12, 50)
-    ax.plot(x, speagle14_sfms(x, d["t_u"], chabrier=True), "k-", label=f"Speagle+14 (t={d['t_u']:.2f} Gyr, Chabrier)")
-    ax.plot(x, renzini_peng15_sfms(x), "k--", label="Renzini & Peng 2015 (SDSS)")
-    n_floor = int(np.sum(ls <= np.log10(SFR_FLOOR) + 1e-9))
-    n_low = int(np.sum(ls < yr[0]))
-    ax.plot([], [], " ", label=f"quiescent fraction (log sSFR < {threshold:g}) = {fq:.3f}")
-    ax.plot([], [], " ", label=f"{n_low} of {lm.size} below {yr[0]} (drawn there), {n_floor} at the 1e-6 floor")
-    ax.set(xlim=(8, 12.5), ylim=yr, xlabel="log10 M_surviving [Msun]", ylabel="log10 SFR(100 Myr) [Msun/yr]",
-           title=f"star-forming main sequence: selected population, z < {z_max:g}")
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return dict(n=int(lm.size), quiescent_fraction=fq, qf_members=fq_m, t_universe=d["t_u"], mass_bins=mass_bins,
-                sf_median=med, sf_median_members=med_m, z_max=z_max, threshold=threshold)
-
-
 # ----------------------------------------------------------------------------------------
 # 5. everything for a run folder
 # ----------------------------------------------------------------------------------------
@@ -598,7 +412,7 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
 
     run: folder with samples.fits, config.json and (unless ``catalog`` is given)
     run_info.json; catalog: 'sdss', a path or a ``catalog.Catalog``; the config's limit is
-    applied with ``observe.select_catalog`` to get the observed sample and its spec-z.
+    applied with ``selection.select_catalog`` to get the observed sample and its spec-z.
     area_deg2 / sampling_rate: survey area and spectroscopic sampling rate for the SMF
     normalisation (the SDSS file has neither: shape only). out: output folder (default run).
     model: a prebuilt forward model with the run's bands and z_max >= z_range[1] (optional).
@@ -606,30 +420,28 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
     (masses_vs_kcorrect.png; needs the optional ``kcorrect`` package and a catalog with spec-z).
     Writes nz.png, smf.png, sfms.png, science.json; returns the science.json dict.
     """
-    from astropy.table import Table
-
-    from ..inference import train
     from ..survey.catalog import Catalog, load_catalog
+    from .runfolder import RunFolder
 
-    run = Path(run)
+    folder = RunFolder(run)
+    run = folder.path
     if not run.is_dir():
         raise FileNotFoundError(f"run folder not found: {run}")
-    for name in ("samples.fits", "config.json"):
-        if not (run / name).exists():
-            raise FileNotFoundError(f"{run / name} not found: is {run} a finished run folder?")
-    cfg = train.FitConfig.from_dict(json.loads((run / "config.json").read_text()))
-    info = json.loads((run / "run_info.json").read_text()) if (run / "run_info.json").exists() else {}
+    for key in ("samples", "config"):
+        if not folder.exists(key):
+            raise FileNotFoundError(f"{folder[key]} not found: is {run} a finished run folder?")
+    cfg = folder.read_config()
+    info = folder.read_json("run_info", required=False) or {}
     if catalog is None:
         if "catalog" not in info:
-            raise FileNotFoundError(f"{run / 'run_info.json'} (naming the fitted catalog) not found: pass catalog=")
+            raise FileNotFoundError(f"{folder['run_info']} (naming the fitted catalog) not found: pass catalog=")
         catalog = _resolve_catalog(info["catalog"], run)
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
     cat_name = "Catalog object" if isinstance(catalog, Catalog) else str(catalog)
-    obs = observe.select_catalog(cat, cfg.limit) if cfg.limit else cat
-    out = Path(out) if out is not None else run
-    out.mkdir(parents=True, exist_ok=True)
+    obs = select_catalog(cat, cfg.limit) if cfg.limit else cat
+    out = RunFolder(out if out is not None else run).create()
 
-    tab = Table.read(run / "samples.fits")
+    tab = folder.read_samples()
     cols = _as_columns(tab)
     sel = _selected(cols)
     mem = _members(cols, sel.size)
@@ -644,18 +456,18 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
         nz = nz_comparison(cols["z"][sel], z_spec)
         per = [nz_comparison(cols["z"][sel & (mem == m)], z_spec)["w1"] for m in np.unique(mem)]
         nz["w1_members"] = per
-        plot_nz(cols["z"][sel], z_spec, out / "nz.png", members=mem[sel])
+        plots.plot_nz(cols["z"][sel], z_spec, out["nz_plot"], members=mem[sel])
     else:
         nz = dict(w1=None, median_pop=float(np.median(cols["z"][sel])), note="catalog has no spec-z: no n(z) comparison")
         notes.append(nz["note"])
-        plot_nz(cols["z"][sel], None, out / "nz.png", members=mem[sel])
+        plots.plot_nz(cols["z"][sel], None, out["nz_plot"], members=mem[sel])
     result["nz"] = nz
 
     result["population_summary"] = population_summary(cols, selected_only=True)
     result["population_summary_intrinsic"] = population_summary(cols, selected_only=False)
 
     # SFMS
-    sf = plot_sfms(cols, out / "sfms.png")
+    sf = plots.plot_sfms(cols, out["sfms_plot"])
     lss = _quantity(cols, "log_ssfr_100myr")
     result["quiescent_fraction"] = dict(
         threshold=-11.0, selected_z_lt_0p1=sf["quiescent_fraction"], selected_z_lt_0p1_members=sf["qf_members"],
@@ -671,7 +483,7 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
         if area_deg2 is None:
             notes.append(SDSS_NOTE if is_shipped_sdss(cat_name) else
                          "no survey area given: SMF normalisation unknown (phi per unit sky fraction x sampling rate)")
-        pinfo = plot_smf(smf, out / "smf.png", sdss=is_shipped_sdss(cat_name))
+        pinfo = plots.plot_smf(smf, out["smf_plot"], sdss=is_shipped_sdss(cat_name))
         result["smf"] = {k: v for k, v in smf.items() if k not in ("z_max", "vmax")}
         result["smf"].update(pinfo, z_max_median=float(np.median(smf["z_max"])) if smf["z_max"].size else None,
                              baldry12_phi=baldry12_smf(smf["logM"]))
@@ -681,12 +493,12 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
     # independent stellar masses (kcorrect at the spec-z), where the catalog and package allow
     if independent and z_spec is not None and np.isfinite(z_spec).any():
         try:
-            result["independent_masses"] = compare_with_kcorrect(cols, obs, out / "masses_vs_kcorrect.png")
+            result["independent_masses"] = compare_with_kcorrect(cols, obs, out["masses_plot"])
         except ImportError as err:
             notes.append(f"no independent masses: {err}")
     result["notes"] = notes
     result = _jsonable(result)
-    (out / "science.json").write_text(json.dumps(result, indent=1))
+    out.write_json("science", result, indent=1)
     return result
 
 
@@ -711,26 +523,7 @@ def compare_with_kcorrect(cols: dict, obs, path) -> dict:
         a, b = (z_pop >= lo) & (z_pop < hi), (z_kc >= lo) & (z_kc < hi)
         if a.sum() >= 20 and b.sum() >= 20:
             res["slices"].append(dict(z_lo=lo, z_hi=hi, **compare_mass_distributions(m_pop[a], m_kc[b])))
-    plt = plots._plt()
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    bins = np.arange(7.5, 12.6, 0.1)
-    ax[0].hist(m_kc, bins, density=True, histtype="step", color="k", label=f"kcorrect at spec-z (N={m_kc.size})")
-    ax[0].hist(m_pop, bins, density=True, histtype="step", color="C1", label=f"population, selected (N={m_pop.size})")
-    ax[0].set(xlabel=r"log$_{10}$ M$_*$ (stars + remnants) [M$_\odot$]", ylabel="density",
-              title=f"W1 = {res['all']['w1']:.3f} dex, median offset {res['all']['median_offset']:+.3f}")
-    ax[0].legend(fontsize=7)
-    for r in res["slices"]:
-        zc = 0.5 * (r["z_lo"] + r["z_hi"])
-        for key, c, dx in (("pop", "C1", 0.003), ("kc", "k", -0.003)):
-            med, lo16, hi84 = r[f"median_{key}"], r[f"p16_{key}"], r[f"p84_{key}"]
-            ax[1].errorbar(zc + dx, med, yerr=[[med - lo16], [hi84 - med]], fmt="o", color=c, ms=4)
-    ax[1].plot([], [], "o", color="C1", label="population (selected)")
-    ax[1].plot([], [], "o", color="k", label="kcorrect at spec-z")
-    ax[1].set(xlabel="redshift slice (population z vs spec-z)", ylabel="median and 16-84% of log M$_*$", title="in redshift slices")
-    ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.plot_masses_vs_kcorrect(res, m_pop, m_kc, path)
     return res
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 from contextlib import nullcontext
-import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,19 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ..physics.photometry import (SDSS_UGRIZ, ZP_NMGY, flux_to_mag, mag_to_flux, magerr_to_fluxerr,
+                                  validate_filter_names)
+
 __all__ = [
-    "Catalog", "ZP_NMGY", "mag_to_flux", "flux_to_mag", "magerr_to_fluxerr",
-    "speclite_filter_names", "validate_filter_names", "read_sdss_main",
+    "Catalog", "read_sdss_main",
     "read_table", "write_catalog", "read_catalog", "catalog_subset",
-    "catalog_summary", "format_summary", "catalog_info_main",
+    "catalog_summary", "format_summary", "load_catalog", "is_shipped_sdss",
     "binned_medians", "fit_variance_quadratic",
     "default_sdss_path",
 ]
 
-ZP_NMGY = 22.5  # AB magnitude of 1 nanomaggy
-
 # SDSS main-sample conventions (DR7 photometry as shipped by kcorrect).
-SDSS_FILTERS = {b: f"sdss2010-{b}" for b in "ugriz"}
+SDSS_FILTERS = dict(zip("ugriz", SDSS_UGRIZ))
 # m_AB = m_SDSS + offset  (u_AB = u_SDSS - 0.04, z_AB = z_SDSS + 0.02)
 SDSS_AB_OFFSET = {"u": -0.04, "g": 0.0, "r": 0.0, "i": 0.0, "z": 0.02}
 # SFD98 A_b / E(B-V) used by the SDSS pipeline for EXTINCTION (ugriz).
@@ -129,56 +128,6 @@ class Catalog:
     def n_bands(self) -> int:
         """Number of bands B."""
         return self.flux.shape[1]
-
-
-# --------------------------------------------------------------------------
-# magnitudes <-> fluxes
-# --------------------------------------------------------------------------
-
-def mag_to_flux(mag, zero_point=ZP_NMGY):
-    """AB magnitude -> flux in units of the zero point (nanomaggies by default)."""
-    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - zero_point))
-
-
-def flux_to_mag(flux, zero_point=ZP_NMGY):
-    """Flux (nanomaggies) -> AB magnitude; NaN for non-positive flux."""
-    f = np.asarray(flux, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(f > 0, zero_point - 2.5 * np.log10(np.where(f > 0, f, 1.0)),
-                        np.nan)
-
-
-def magerr_to_fluxerr(flux, mag_err):
-    """1-sigma magnitude error -> flux error, sigma_f = (0.4 ln 10) |f| sigma_m."""
-    return 0.4 * np.log(10.0) * np.abs(flux) * np.asarray(mag_err, dtype=np.float64)
-
-
-# --------------------------------------------------------------------------
-# filter names
-# --------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=1)
-def speclite_filter_names() -> tuple:
-    """All filter names shipped with speclite, e.g. 'sdss2010-r'."""
-    root = resources.files("speclite").joinpath("data").joinpath("filters")
-    return tuple(sorted(p.name[:-5] for p in root.iterdir()
-                        if p.name.endswith(".ecsv")))
-
-
-def validate_filter_names(names) -> tuple:
-    """Check names against speclite (or existing .ecsv files); ValueError lists close matches."""
-    known = speclite_filter_names()
-    for name in names:
-        if name in known or (str(name).endswith(".ecsv") and os.path.exists(name)):
-            continue
-        close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
-        if not close:
-            close = [k for k in known if str(name).lower() in k.lower()][:5]
-        raise ValueError(
-            f"unknown filter name {name!r}: not a speclite filter"
-            + (f"; close matches: {', '.join(close)}" if close else "")
-            + "; see speclite.filters.filter_group_names for groups")
-    return tuple(names)
 
 
 # --------------------------------------------------------------------------
@@ -685,8 +634,3 @@ def load_catalog(path, sdss: bool = False) -> Catalog:
         kw = {"path": "catalog"} if fmt == "hdf5" else {}
         sdss = "MODELFLUX" in Table.read(path, format=fmt, **kw).colnames
     return read_sdss_main(path) if sdss else read_catalog(path)
-
-
-def catalog_info_main(path: str, sdss: bool = False) -> str:
-    """Text for ``popsed-jax catalog info FILE``."""
-    return format_summary(catalog_summary(load_catalog(path, sdss)))

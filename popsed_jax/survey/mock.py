@@ -40,9 +40,7 @@ plus a 1 mag margin (``prescreen=False`` switches it off; the distribution is th
 """
 from __future__ import annotations
 
-import argparse
 import json
-import time
 import warnings
 from typing import Callable
 
@@ -50,19 +48,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..physics.forward import (PARAM_NAMES, build_forward_model, check_theta,
-                      derived_quantities, forward_fluxes, theta_from_columns,
-                      theta_to_columns)
+from ..physics.forward import (PARAM_NAMES, build_forward_model, check_theta, derived_quantities,
+                               forward_fluxes, theta_from_columns, theta_to_columns)
+from ..physics.photometry import SDSS_UGRIZ, mag_to_flux
+from ..physics.relations import BALDRY12, H_SHIFT_DEX
+from .observation import is_selected, make_observation, noisy_fluxes
 
 __all__ = [
     "TABLE2", "sample_table2", "sample_z_volume", "sample_logm_baldry12",
     "sample_zlogm_volume", "measure_formed_minus_surviving", "draw_mock",
-    "mock_to_catalog", "add_mock_parser", "mock_main", "plot_mock_vs_sdss",
-    "SDSS_UGRIZ", "FORMED_MINUS_SURVIVING_DEX", "BALDRY12", "zlogm_pairs_sampler",
+    "mock_to_catalog", "counts_slope",
+    "FORMED_MINUS_SURVIVING_DEX", "zlogm_pairs_sampler",
     "sdss_zlogm_sampler", "ZLOGM_SAMPLERS",
 ]
 
-SDSS_UGRIZ = tuple(f"sdss2010-{b}" for b in "ugriz")
 
 # Table 2: (mean, sd, lo, hi) of truncated normals; None -> U(0, 1)
 TABLE2 = {
@@ -77,8 +76,6 @@ TABLE2 = {
     "tau2": (0.6, 0.8, 0.0, 3.0),
 }
 
-BALDRY12 = dict(logMstar=10.66, phi1=3.96e-3, alpha1=-0.35, phi2=0.79e-3, alpha2=-1.47, h=0.7)
-H_SHIFT_DEX = 2.0 * np.log10(0.7 / 0.6774)  # Baldry's h=0.7 masses -> Planck15 h
 FORMED_MINUS_SURVIVING_DEX = 0.23
 LOGM_RANGE = (8.0, 12.5)  # formed mass
 Z_RANGE = (0.005, 0.4)
@@ -159,7 +156,7 @@ def sdss_zlogm_sampler(limit="r<17.77"):
     SDSS; needs ``pip install kcorrect``; about 6 s)."""
     from .catalog import load_catalog
     from .independent import kcorrect_masses
-    from .observe import select_catalog
+    from .selection import select_catalog
 
     cat = load_catalog("sdss")
     if limit:
@@ -204,7 +201,7 @@ def _default_noise_model(bands):
     """Noise model fitted to the shipped SDSS main sample in `bands`: SDSS ugriz and the
     file's 2MASS/GALEX columns (rows lacking an extra band are dropped before the fit)."""
     from .catalog import _SDSS_EXTRA, read_sdss_main
-    from .observe import fit_noise_model
+    from .noise import fit_noise_model
     short, extra = [], []
     for b in bands:
         if b.startswith("sdss2010-") and b[-1] in "ugriz":
@@ -240,10 +237,10 @@ def _bound_at(z, zg, lf):
     return np.maximum(lf[i], lf[i + 1])
 
 
-def _observe(model, noise_model, theta, key, chunk=16384):
+def _observe(model, obs, theta, key, chunk=16384):
+    """Noiseless fluxes, noisy fluxes and the errors drawn, each (N, B) float64 [nmgy]."""
     flux = jax.jit(forward_fluxes, static_argnames="chunk_size")(model, theta, chunk_size=chunk)
-    from .observe import add_noise
-    noisy, sigma = jax.jit(add_noise)(noise_model, flux, key)
+    noisy, sigma = jax.jit(noisy_fluxes)(obs, flux, key)
     return (np.asarray(flux, np.float64), np.asarray(noisy, np.float64),
             np.asarray(sigma, np.float64))
 
@@ -270,7 +267,7 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
     """
     from astropy.table import Table
 
-    from .observe import hard_selection, load_noise_model, parse_limit
+    from .noise import load_noise_model
 
     if isinstance(filters, str):
         filters = [f.strip() for f in filters.split(",") if f.strip()]
@@ -298,17 +295,14 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*outside the SSP grid.*")
             check_theta(theta_in, model)
+    obs = make_observation(noise_model, limit)
     if limit is not None:
-        band, mag_lim = parse_limit(limit, filters)
-        kb = filters.index(band)
-        f_lim = 10.0 ** (-0.4 * (mag_lim - 22.5))
+        kb, f_lim = obs.band_idx, float(mag_to_flux(obs.mag_lim))
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
 
     def select(noisy):
-        if limit is None:
-            return np.ones(len(noisy), bool)
-        return np.asarray(hard_selection(noisy, kb, mag_lim))
+        return np.asarray(is_selected(obs, noisy))
 
     info = dict(seed=seed, limit=limit, rounds=0, n_drawn=0, n_forward=0)
     if theta_in is not None or return_all:
@@ -316,7 +310,7 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*outside the SSP grid.*")
             check_theta(theta, model)
-        flux, noisy, sigma = _observe(model, noise_model, theta, key)
+        flux, noisy, sigma = _observe(model, obs, theta, key)
         sel = select(noisy)
         info.update(rounds=1, n_drawn=len(theta), n_forward=len(theta))
         if not return_all:
@@ -343,7 +337,7 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
                 with warnings.catch_warnings():  # Table-2 logZ reaches below BC03's grid: clamped
                     warnings.filterwarnings("ignore", message=".*outside the SSP grid.*")
                     check_theta(th, model)
-                f, nz, sg = _observe(model, noise_model, th, jax.random.fold_in(key, rnd))
+                f, nz, sg = _observe(model, obs, th, jax.random.fold_in(key, rnd))
                 info["n_forward"] += len(th)
                 s = select(nz)
                 parts.append((th[s], f[s], nz[s], sg[s]))
@@ -405,55 +399,8 @@ def mock_to_catalog(table):
 
 
 # --------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------
-
-def add_mock_parser(subparsers):
-    """Register ``popsed-jax mock`` on an argparse subparsers object."""
-    p = subparsers.add_parser("mock", help="mock catalog: Table-2 population observed with a noise model and a flux limit")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--params", metavar="TABLE", help="table of parameters to observe (skips the prior)")
-    g.add_argument("--n", type=int, help="number of selected galaxies to draw from the Table-2 prior")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--filters", default=",".join(SDSS_UGRIZ), help="comma-separated speclite names (default SDSS ugriz)")
-    p.add_argument("--noise-model", metavar="JSON", default=None, help="noise model JSON (default: fit to the SDSS main sample)")
-    p.add_argument("--limit", default="r<17.77", help="selection on the noisy flux, e.g. 'r<17.77'; 'none' for no cut")
-    p.add_argument("--all", action="store_true", help="keep unselected rows, with a 'selected' column")
-    p.add_argument("--zlogm", choices=sorted(ZLOGM_SAMPLERS), default="volume",
-                   help="(z, logM) population: 'volume' (volume-weighted z, Baldry+12 masses; default) or "
-                        "'sdss' (pairs from the SDSS main sample: spec-z, kcorrect masses; the paper's recipe)")
-    p.add_argument("--out", required=True, metavar="MOCK.fits")
-    p.set_defaults(func=mock_main)
-    return p
-
-
-def mock_main(args):
-    from astropy.table import Table
-
-    from .catalog import _guess_format
-    t0 = time.perf_counter()
-    limit = None if str(args.limit).lower() in ("none", "") else args.limit
-    params = Table.read(args.params) if args.params else None
-    tab = draw_mock(args.n, seed=args.seed, filters=args.filters, noise_model=args.noise_model,
-                    limit=limit, params_table=params, return_all=args.all, progress=True,
-                    zlogm_sampler=None if params is not None else ZLOGM_SAMPLERS[args.zlogm]())
-    fmt = _guess_format(args.out)
-    kw = dict(path="catalog", serialize_meta=True) if fmt == "hdf5" else {}
-    tab.write(args.out, format=fmt, overwrite=True, **kw)
-    meta = json.loads(tab.meta["PSMETA"])
-    print(f"popsed-jax mock: {len(tab)} galaxies ({meta['n_drawn']} drawn, {meta['n_forward']} forward-modelled, "
-          f"{meta['rounds']} rounds) in {time.perf_counter() - t0:.1f} s -> {args.out}")
-    return 0
-
-
-# --------------------------------------------------------------------------
 # diagnostics
 # --------------------------------------------------------------------------
-
-def _r_index(bands):
-    from .observe import band_index
-    return band_index(bands, "r")
-
 
 def counts_slope(rmag, lo=15.5, hi=17.5):
     """Least-squares slope of log10 N(<r) on a 0.1 mag grid over (lo, hi)."""
@@ -462,80 +409,3 @@ def counts_slope(rmag, lo=15.5, hi=17.5):
     nc = np.searchsorted(r, grid)
     ok = nc > 0
     return float(np.polyfit(grid[ok], np.log10(nc[ok]), 1)[0])
-
-
-def plot_mock_vs_sdss(mock_table, sdss_catalog, path):
-    """n(z), r-band counts (log N per 0.25 mag) and per-band sigma vs flux: mock vs SDSS."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mock = mock_to_catalog(mock_table)
-    sd = sdss_catalog
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
-    ax = axes[0, 0]
-    zb = np.linspace(0, 0.42, 43)
-    ax.hist(sd.z_spec, zb, density=True, histtype="step", lw=2, label=f"SDSS main ({sd.n})")
-    ax.hist(mock.z_spec, zb, density=True, histtype="step", lw=2, label=f"mock ({mock.n})")
-    ax.set(xlabel="z", ylabel="n(z)", title=f"median z: SDSS {np.median(sd.z_spec):.3f}, mock {np.median(mock.z_spec):.3f}")
-    ax.legend()
-    ax = axes[0, 1]
-    mb = np.arange(12.0, 18.01, 0.25)
-    slopes = []
-    for c, lab in ((sd, "SDSS"), (mock, "mock")):
-        f = c.flux[:, _r_index(c.bands)]
-        r = 22.5 - 2.5 * np.log10(np.where(f > 0, f, np.nan))
-        h, _ = np.histogram(r[np.isfinite(r)], mb)
-        s = counts_slope(r)
-        slopes.append(s)
-        ax.step(mb[:-1], np.log10(np.maximum(h, 0.5) / c.n), where="post", lw=2,
-                label=f"{lab}: dlogN(<r)/dr = {s:.2f}")
-    x = np.array([15.5, 17.5])
-    ax.plot(x, np.log10(h[-4] / mock.n) + 0.6 * (x - 17.0), "k:", label="Euclidean 0.6")
-    ax.set(xlabel="r (model, AB)", ylabel="log10 (N / N_tot) per 0.25 mag", title="r-band counts")
-    ax.legend(fontsize=8)
-    for k, b in enumerate(sd.bands):
-        ax = axes.flat[2 + k]
-        for c, lab, col in ((sd, "SDSS", "C0"), (mock, "mock", "C1")):
-            j = c.bands.index(b)
-            f, e = c.flux[:, j], c.flux_err[:, j]
-            pos = f > 0
-            ax.scatter(f[pos], e[pos], s=1, alpha=0.15, color=col, rasterized=True)
-            bins = np.quantile(np.log10(f[pos]), np.linspace(0.01, 0.99, 15))
-            idx = np.digitize(np.log10(f[pos]), bins)
-            med = [(np.median(f[pos][idx == i]), np.median(e[pos][idx == i]))
-                   for i in range(1, len(bins)) if (idx == i).sum() > 20]
-            if med:
-                ax.plot(*np.array(med).T, "-o", ms=3, color=col, label=f"{lab} median")
-        ax.set(xscale="log", yscale="log", xlabel=f"flux {b} [nmgy]", ylabel="sigma [nmgy]")
-        ax.legend(fontsize=8)
-    ax = axes.flat[-1]
-    ax.axis("off")
-    ax.text(0, 0.95, "\n".join([
-        "mock: Table-2 population (DESIGN.md s.2)",
-        "z ~ dV_c/dz on [0.005, 0.4]",
-        "log M_surv ~ Baldry+12 double Schechter",
-        f"logM_formed = logM_surv + {FORMED_MINUS_SURVIVING_DEX}",
-        "noise: model fitted to SDSS; r<17.77 on noisy flux",
-        f"count slopes 15.5<r<17.5: SDSS {slopes[0]:.3f}, mock {slopes[1]:.3f}"]),
-        va="top", fontsize=10, transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-if __name__ == "__main__":  # regenerate docs/mock_vs_sdss.png
-    import pathlib
-
-    from .catalog import read_sdss_main
-    from .observe import fit_noise_model, select_catalog
-    ap = argparse.ArgumentParser(description="make docs/mock_vs_sdss.png")
-    ap.add_argument("--n", type=int, default=10000)
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parents[1] / "docs" / "mock_vs_sdss.png"))
-    a = ap.parse_args()
-    sdss = read_sdss_main()
-    t0 = time.perf_counter()
-    tab = draw_mock(a.n, seed=1, noise_model=fit_noise_model(sdss), progress=True)
-    print(f"mock: {len(tab)} in {time.perf_counter() - t0:.1f} s; {tab.meta['PSMETA']}")
-    plot_mock_vs_sdss(tab, select_catalog(sdss, "r<17.77"), a.out)
-    print("wrote", a.out)

@@ -1,10 +1,10 @@
-"""Observing a simulated population: noise, selection, loss features.
+"""The survey's noise model: per-band flux errors as a function of flux.
 
-Everything acting on simulated fluxes is pure ``jax.numpy``: jit-safe,
-float32-friendly and differentiable with respect to the flux (noise is
-reparameterized). Fluxes are AB nanomaggies, shape ``(N, B)``.
+Fitted to a catalog, then used to draw realistic errors and noise for simulated fluxes (pure
+``jax.numpy``: jit-safe, float32-friendly, differentiable w.r.t. the flux by
+reparameterization). Fluxes are AB nanomaggies, shape ``(N, B)``.
 
-Noise model (per band b, fitted to a catalog)::
+Model (per band b)::
 
     sigma_med(f) = sqrt(a_b + b_b max(f, 0) + c_b f^2) * exp(o_b(log10 f))
     ln sigma     = ln sigma_med(f) + s_b(log10 f, sign eps) * eps,  eps ~ N(0, R)
@@ -21,33 +21,21 @@ is Gaussian in flux space; negative fluxes are kept.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, fields
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .catalog import (Catalog, ZP_NMGY, binned_medians, catalog_subset,
-                      fit_variance_quadratic, speclite_filter_names)
+from .catalog import Catalog, binned_medians, fit_variance_quadratic
 
 __all__ = [
     "NoiseModel", "fit_noise_model", "fit_noise_model_arrays", "save_noise_model",
     "load_noise_model", "noise_sigma_median", "noise_ln_scatter",
-    "sample_noise_sigma", "add_noise", "plot_noise_model", "parse_limit",
-    "band_index", "hard_selection", "soft_selection_weights", "select_catalog",
-    "F0_NMGY", "asinh_mag", "softening_from_noise", "feature_stats",
-    "standardize", "make_features",
+    "sample_noise_sigma", "add_noise",
 ]
 
-F0_NMGY = 10.0 ** (0.4 * ZP_NMGY)  # 1 maggie in nanomaggies (1e9)
-_LN10 = float(np.log(10.0))
-_POGSON = 2.5 / _LN10
 
-
-# --------------------------------------------------------------------------
-# noise model
-# --------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
 class NoiseModel:
@@ -234,177 +222,3 @@ def add_noise(model: NoiseModel, flux, key, scale=1.0):
     sigma = scale * sample_noise_sigma(model, flux, k_sig)
     eps = jax.random.normal(k_eps, flux.shape, flux.dtype)
     return flux + sigma * eps, sigma
-
-
-def plot_noise_model(model: NoiseModel, cat: Catalog, path, max_points=20000):
-    """Per band: catalog sigma vs flux, with the model median and 16-84% band."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    nb = len(model.bands)
-    ncol = min(nb, 3)
-    nrow = -(-nb // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.6 * nrow), squeeze=False)
-    rng = np.random.default_rng(0)
-    sel = rng.permutation(cat.n)[:max_points]
-    for k, band in enumerate(model.bands):
-        ax = axes[k // ncol, k % ncol]
-        j = cat.bands.index(band)
-        f, e = cat.flux[sel, j], cat.flux_err[sel, j]
-        pos = f > 0
-        ax.scatter(f[pos], e[pos], s=1, alpha=0.25, color="0.4", rasterized=True,
-                   label="catalog")
-        grid = np.logspace(np.log10(f[pos].min()), np.log10(f[pos].max()), 200)
-        g = np.zeros((grid.size, nb))
-        g[:, k] = grid
-        med = np.asarray(noise_sigma_median(model, jnp.asarray(g)))[:, k]
-        lo, hi = (np.asarray(x)[:, k] for x in noise_ln_scatter(model, jnp.asarray(g)))
-        ax.fill_between(grid, med * np.exp(-lo), med * np.exp(hi), color="C1", alpha=0.35,
-                        label="model 16-84%")
-        ax.plot(grid, med, color="C3", lw=1.5, label="model median")
-        ax.set(xscale="log", yscale="log", title=band, xlabel="flux [nmgy]",
-               ylabel="sigma [nmgy]")
-    for k in range(nb, nrow * ncol):
-        axes[k // ncol, k % ncol].set_visible(False)
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-# --------------------------------------------------------------------------
-# selection
-# --------------------------------------------------------------------------
-
-_LIMIT_RE = re.compile(
-    r"^\s*([A-Za-z0-9_.\-]+)\s*(<=|<)\s*([-+]?\d+(\.\d*)?([eE][-+]?\d+)?)\s*$")
-
-
-def band_index(bands, name) -> int:
-    """Index of band `name` in `bands`: exact filter name, or a short name
-    ('r') matching exactly one band ending in '-r'."""
-    bands = tuple(bands)
-    if name in bands:
-        return bands.index(name)
-    hits = [i for i, b in enumerate(bands) if b.split("-", 1)[-1] == name]
-    if len(hits) == 1:
-        return hits[0]
-    if not hits:
-        raise ValueError(f"band {name!r} not among the catalog bands {list(bands)}")
-    raise ValueError(f"band {name!r} is ambiguous among {[bands[i] for i in hits]}")
-
-
-def parse_limit(text: str, bands=None):
-    """Parse 'r<17.77' -> ('sdss2010-r', 17.77).
-
-    The band is resolved against `bands` (e.g. ``cat.bands``) if given, else
-    against speclite's filter names (then it must be a full name or unique).
-    Only upper magnitude limits ('<' or '<=') are supported.
-    """
-    m = _LIMIT_RE.match(str(text))
-    if not m:
-        raise ValueError(
-            f"cannot parse selection {text!r}: expected '<band><<mag>', e.g. 'r<17.77'")
-    name, lim = m.group(1), float(m.group(3))
-    if bands is not None:
-        return bands[band_index(bands, name)], lim
-    return speclite_filter_names()[band_index(speclite_filter_names(), name)], lim
-
-
-def hard_selection(flux, band_index, mag_lim):
-    """Boolean (N,) mask: AB mag in band `band_index` < mag_lim (flux <= 0 never)."""
-    flux = jnp.asarray(flux)
-    f_lim = 10.0 ** (-0.4 * (mag_lim - ZP_NMGY))
-    return flux[:, band_index] > f_lim
-
-
-def soft_selection_weights(flux, band_index, mag_lim, width=0.05):
-    """Weights (N,) in [0, 1] = sigmoid((mag_lim - m) / width) [width in mag].
-
-    m is an asinh magnitude softened at 1% of the limiting flux (identical to
-    the Pogson magnitude to < 1e-4 mag near the limit), so the weights are
-    finite and differentiable for zero and negative fluxes (where they -> 0).
-    """
-    return jnp.exp(soft_selection_log_weights(flux, band_index, mag_lim, width))
-
-
-def soft_selection_log_weights(flux, band_index, mag_lim, width=0.05):
-    """log of :func:`soft_selection_weights` (N,), = log_sigmoid((mag_lim - m) / width): finite
-    even where every weight underflows (a population far below the limit), so that
-    ``jax.nn.softmax`` of it gives normalised weights with finite gradients."""
-    flux = jnp.asarray(flux)
-    f_lim = 10.0 ** (-0.4 * (mag_lim - ZP_NMGY))
-    b = 0.01 * f_lim / F0_NMGY
-    m = asinh_mag(flux[:, band_index], jnp.asarray(b, flux.dtype))
-    return jax.nn.log_sigmoid((mag_lim - m) / width)
-
-
-def select_catalog(cat: Catalog, limit: str) -> Catalog:
-    """Apply a hard limit such as 'r<17.77' to `cat` (ValueError if it selects nothing)."""
-    band, lim = parse_limit(limit, cat.bands)
-    k = cat.bands.index(band)
-    mask = np.asarray(hard_selection(cat.flux, k, lim))
-    if not mask.any():
-        brightest = 22.5 - 2.5 * np.log10(np.max(cat.flux[:, k])) if np.any(
-            cat.flux[:, k] > 0) else float("nan")
-        raise ValueError(
-            f"empty selection: {limit!r} ({band} < {lim}) selects 0 of {cat.n} objects; "
-            f"the brightest {band} magnitude is {brightest:.3f}")
-    return catalog_subset(cat, mask, reason=f"selection: not {band} < {lim}")
-
-
-# --------------------------------------------------------------------------
-# loss features
-# --------------------------------------------------------------------------
-
-def asinh_mag(flux, softening_b):
-    """Lupton et al. (1999) asinh magnitude.
-
-    m = -(2.5 / ln 10) [asinh((f / f0) / (2 b)) + ln b], f in nanomaggies,
-    f0 = 10^(0.4 * 22.5) nmgy (1 maggie), b dimensionless (broadcast over the
-    last axis, (B,)). Finite for any real flux; equals 22.5 - 2.5 log10 f to
-    1.0857 (b f0 / f)^2 mag when f >> b f0.
-    """
-    flux = jnp.asarray(flux)
-    b = jnp.asarray(softening_b, flux.dtype)
-    return -_POGSON * (jnp.arcsinh(flux / (2.0 * b * F0_NMGY)) + jnp.log(b))
-
-
-def softening_from_noise(model: NoiseModel):
-    """SDSS-style softening b = 1.042 sigma_0 / f0 per band (B,), with sigma_0
-    the model's median error at zero flux [nmgy]."""
-    sig0 = np.asarray(noise_sigma_median(model, jnp.zeros((1, len(model.bands)),
-                                                          jnp.float32)))[0]
-    return 1.042 * sig0.astype(np.float64) / F0_NMGY
-
-
-def feature_stats(features, weights=None):
-    """Per-feature (mean, std), each (D,), of features (N, D); optional (N,) weights."""
-    x = jnp.asarray(features)
-    if weights is None:
-        return jnp.mean(x, axis=0), jnp.std(x, axis=0)
-    w = jnp.asarray(weights, x.dtype)[:, None]
-    mean = jnp.sum(w * x, axis=0) / jnp.sum(w)
-    return mean, jnp.sqrt(jnp.sum(w * (x - mean) ** 2, axis=0) / jnp.sum(w))
-
-
-def standardize(features, stats):
-    """(features - mean) / std with stats = (mean, std) from :func:`feature_stats`."""
-    mean, std = stats
-    return (jnp.asarray(features) - mean) / std
-
-
-def make_features(flux, softening, stats=None, colours=False, ref_band=None):
-    """Loss features from flux (N, B) [nmgy]: asinh magnitudes (N, B).
-
-    colours=True gives [m_ref, m_0 - m_1, ..., m_{B-2} - m_{B-1}] (still B
-    columns; ref_band defaults to B // 2, the r band for ugriz). If `stats`
-    is given the features are standardized with it.
-    """
-    m = asinh_mag(flux, softening)
-    if colours:
-        ref = m.shape[-1] // 2 if ref_band is None else ref_band
-        m = jnp.concatenate([m[:, ref:ref + 1], m[:, :-1] - m[:, 1:]], axis=1)
-    return m if stats is None else standardize(m, stats)

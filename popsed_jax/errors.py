@@ -1,0 +1,16 @@
+"""The package's own exception types: the CLI prints these as one-line errors."""
+from __future__ import annotations
+
+__all__ = ["PopsedError", "ConfigError", "FitDiverged"]
+
+
+class PopsedError(Exception):
+    """Base of every error popsed-jax raises on purpose (bad input, a failed fit)."""
+
+
+class ConfigError(PopsedError, ValueError):
+    """A configuration value is invalid: the message names the key, the value and the range."""
+
+
+class FitDiverged(PopsedError, RuntimeError):
+    """A training step produced a non-finite loss, gradient or parameter."""

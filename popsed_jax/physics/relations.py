@@ -1,0 +1,53 @@
+"""Literature relations used as references and priors, each with its source.
+
+Masses are Chabrier-IMF stellar masses [Msun] unless stated; h = H0 / (100 km/s/Mpc).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cosmology import PLANCK15
+
+__all__ = ["BALDRY12", "H_SHIFT_DEX", "KROUPA_TO_CHABRIER_DEX", "baldry12_smf", "speagle14_sfms",
+           "renzini_peng15_sfms"]
+
+# Baldry et al. (2012, MNRAS 421, 621), GAMA z < 0.06 double-Schechter GSMF, H0 = 70
+BALDRY12 = dict(logMstar=10.66, phi1=3.96e-3, alpha1=-0.35, phi2=0.79e-3, alpha2=-1.47, h=0.7)
+H_SHIFT_DEX = 2.0 * np.log10(0.7 / 0.6774)  # Baldry's h=0.7 masses -> Planck15 h (M ~ h^-2)
+KROUPA_TO_CHABRIER_DEX = -0.03  # log M (and log SFR) Chabrier - Kroupa, ~0.03 dex (e.g. Madau & Dickinson 2014: 0.61/0.66)
+
+
+def baldry12_smf(logM, h: float = PLANCK15.H0 / 100.0) -> np.ndarray:
+    """Baldry et al. (2012, MNRAS 421, 621; GAMA, z < 0.06, Chabrier IMF) double Schechter GSMF.
+
+    phi(logM) = ln10 exp(-M/M*) [phi1* (M/M*)^(alpha1+1) + phi2* (M/M*)^(alpha2+1)] [Mpc^-3 dex^-1],
+    with M* = 10^10.66 Msun, phi1* = 3.96e-3, alpha1 = -0.35, phi2* = 0.79e-3, alpha2 = -1.47 for
+    H0 = 70 (``BALDRY12``). Converted to Hubble parameter h: M* ∝ h^-2, phi* ∝ h^3
+    (for Planck15's h = 0.6774, M* moves by ``H_SHIFT_DEX`` = +0.0285 dex).
+    """
+    p = BALDRY12
+    shift = H_SHIFT_DEX if abs(h - PLANCK15.H0 / 100.0) < 1e-9 else 2.0 * np.log10(p["h"] / h)
+    x = 10.0 ** (np.asarray(logM, float) - p["logMstar"] - shift)
+    f = (h / p["h"]) ** 3
+    return f * np.log(10) * np.exp(-x) * (p["phi1"] * x ** (p["alpha1"] + 1) + p["phi2"] * x ** (p["alpha2"] + 1))
+
+
+def speagle14_sfms(logM, t_gyr, chabrier: bool = False):
+    """Speagle et al. (2014, ApJS 214, 15, eq. 28) main sequence, log SFR [Msun/yr]:
+
+        log SFR = (0.84 - 0.026 t) log M - (6.51 - 0.11 t),   t = age of the universe [Gyr],
+
+    for a Kroupa IMF. chabrier=True takes Chabrier masses and returns Chabrier SFRs: both are
+    ~0.03 dex below Kroupa (``KROUPA_TO_CHABRIER_DEX``), so log M is raised by 0.03 before and
+    log SFR lowered by 0.03 after (net (a - 1) x 0.03 ~ -0.015 dex at z~0).
+    """
+    logM = np.asarray(logM, float)
+    t = np.asarray(t_gyr, float)
+    d = KROUPA_TO_CHABRIER_DEX if chabrier else 0.0
+    return (0.84 - 0.026 * t) * (logM - d) - (6.51 - 0.11 * t) + d
+
+
+def renzini_peng15_sfms(logM):
+    """Renzini & Peng (2015, ApJL 801, L29) main sequence of SDSS (z ~ 0) star-forming galaxies:
+    log SFR = 0.76 log M - 7.64 [Msun/yr], applied as published (no IMF conversion)."""
+    return 0.76 * np.asarray(logM, float) - 7.64
