@@ -37,37 +37,39 @@ def main(argv=None):
     ap.add_argument("--n-projections", type=int, default=None, help="sliced-loss directions (default: FitConfig's)")
     a = ap.parse_args(argv)
 
-    from popsed_jax.inference import flows, train
+    from popsed_jax.inference import fit as fitlib
+    from popsed_jax.inference import flows
+    from popsed_jax.inference.config import FitConfig
     from popsed_jax.physics import forward
-    from popsed_jax.survey import observe
+    from popsed_jax.survey import observation as O
     from popsed_jax.survey.catalog import load_catalog
 
-    cfg = train.FitConfig()
+    cfg = FitConfig()
     if a.n_projections:
         cfg = dataclasses.replace(cfg, n_projections=a.n_projections)
     if a.n_sim:
         cfg = dataclasses.replace(cfg, n_sim=a.n_sim, batch_obs=a.n_sim)
-    ctx = train.prepare(load_catalog(a.catalog), cfg)
-    st = train.statics(ctx)
-    model, noise, soft, stats = st
+    ctx = fitlib.prepare(load_catalog(a.catalog), cfg)
+    st = ctx.statics
+    model, obs = st
     key = jax.random.PRNGKey(0)
     params = flows.init_flow(key, ctx.flow_cfg)
     n = cfg.n_sim
-    eps = train.epsilon_at(cfg, cfg.steps - 1)
+    eps = fitlib.epsilon_at(cfg, cfg.steps - 1)
 
     t_sample = best_time(jax.jit(jax.grad(lambda p: flows.sample_flow(p, key, n, ctx.flow_cfg).sum())), params, repeat=a.repeat)
     theta = flows.sample_flow(params, key, n, ctx.flow_cfg)
     t_fwd = best_time(jax.jit(jax.grad(lambda t, m: jnp.log(forward.forward_fluxes(m, t)).sum())), theta, model, repeat=a.repeat)
     flux = forward.forward_fluxes(model, theta)
 
-    def nsf(f, nz, s, ss):
-        noisy, _ = observe.add_noise(nz, f, key)
-        x = observe.make_features(noisy, s, stats=ss, colours=cfg.colours)
-        w = observe.soft_selection_weights(noisy, ctx.band_idx, ctx.mag_lim, cfg.selection_width)
-        return (x.sum(1) * w).sum()
+    def nsf(f, ob):
+        noisy, _ = O.noisy_fluxes(ob, f, key)
+        return (O.features(ob, noisy).sum(1) * O.selection_weights(ob, noisy)).sum()
 
-    t_noise = best_time(jax.jit(jax.grad(nsf)), flux, noise, soft, stats, repeat=a.repeat)
-    _, x, w, _ = train.simulate_features(ctx, st, params, key, n)
+    t_noise = best_time(jax.jit(jax.grad(nsf)), flux, obs, repeat=a.repeat)
+    one = jax.tree_util.tree_map(lambda v: v[None], params)
+    _, x, w, _, _ = fitlib.simulate_members(ctx, st, one, key[None], n)
+    x, w = x[0], w[0]
     y = ctx.obs_train[:cfg.batch_obs]
     t_loss = best_time(jax.jit(jax.grad(lambda xx, yy, ww: ctx.loss_fn(xx, yy, eps, key, a=ww)[0], argnums=(0, 2))), x, y, w, repeat=a.repeat)
 
@@ -86,15 +88,21 @@ def main(argv=None):
         loss_grad=best_time(jax.jit(jax.vmap(jax.grad(f_loss, argnums=(0, 2)))), stack(x), stack(y), stack(w), repeat=a.repeat) / t_loss,
     )
 
-    tx = train.make_optimizer(cfg)
-    mesh = train.ensemble_mesh(a.members) if a.shard else None
+    mesh = fitlib.ensemble_mesh(a.members) if a.shard else None
     out_steps = {}
     for k in (1, a.members):
-        ctx_k = dataclasses.replace(ctx, cfg=dataclasses.replace(cfg, members=k), extra={})
-        p, o = train.init_state(ctx_k, tx)
-        step = train.make_step(ctx_k, tx, mesh=mesh if k == a.members else None)
-        keys = train.member_keys(0, k, 0)
-        out_steps[k] = best_time(lambda: step(p, o, keys, st, ctx.obs_train, jnp.float32(eps), jnp.float32(1.0))[2], repeat=a.repeat)
+        ctx_k = dataclasses.replace(ctx, cfg=dataclasses.replace(cfg, members=k))
+        state = fitlib.init(ctx_k)
+        if mesh is not None and k == a.members:
+            from jax.sharding import NamedSharding, PartitionSpec as P
+
+            params, opt_state = jax.device_put((state.params, state.opt_state), NamedSharding(mesh, P("ens")))
+            state = state._replace(params=params, opt_state=opt_state)
+        # the last step of the schedule (final blur, full noise): the step function is pure, so the
+        # same state can be stepped repeatedly
+        state = state._replace(step=cfg.steps - 1)
+        step = fitlib.make_step(ctx_k, mesh=mesh if k == a.members else None)
+        out_steps[k] = best_time(lambda: step(state)[1]["loss"], repeat=a.repeat)
     res = dict(
         backend=jax.default_backend(), n_sim=n, batch_obs=cfg.batch_obs, epsilon=eps,
         seconds=dict(sample_grad=t_sample, forward_grad=t_fwd, noise_selection_features_grad=t_noise, loss_grad=t_loss,

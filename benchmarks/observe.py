@@ -27,26 +27,30 @@ def main(argv=None):
     ap.add_argument("--json", default="bench_out/observe.json")
     a = ap.parse_args(argv)
 
-    from popsed_jax.survey import mock, observe
-    from popsed_jax.survey.catalog import read_sdss_main
     from popsed_jax.physics.forward import build_forward_model, forward_fluxes
+    from popsed_jax.physics.photometry import SDSS_UGRIZ
+    from popsed_jax.survey import mock
+    from popsed_jax.survey.catalog import read_sdss_main
+    from popsed_jax.survey.features import feature_stats, make_features, softening_from_noise, standardize
+    from popsed_jax.survey.noise import add_noise, fit_noise_model
+    from popsed_jax.survey.selection import hard_selection, soft_selection_weights
 
-    nm = observe.fit_noise_model(read_sdss_main())
-    model = build_forward_model(filters=list(mock.SDSS_UGRIZ), z_max=mock.Z_RANGE[1])
+    nm = fit_noise_model(read_sdss_main())
+    model = build_forward_model(filters=list(SDSS_UGRIZ), z_max=mock.Z_RANGE[1])
     theta = jnp.asarray(mock.sample_table2(a.n, 0), jnp.float32)
-    soft = jnp.asarray(observe.softening_from_noise(nm), jnp.float32)
+    soft = jnp.asarray(softening_from_noise(nm), jnp.float32)
     kb, mag_lim = 2, 17.77
 
     fwd = jax.jit(lambda t: forward_fluxes(model, t, chunk_size=a.chunk))
 
     @jax.jit
     def obs(flux, key):
-        noisy, _ = observe.add_noise(nm, flux, key)
-        w = observe.soft_selection_weights(noisy, kb, mag_lim)
-        sel = observe.hard_selection(noisy, kb, mag_lim)
-        feats = observe.make_features(noisy, soft)
-        stats = observe.feature_stats(feats, w)
-        return observe.standardize(feats, stats), w, sel
+        noisy, _ = add_noise(nm, flux, key)
+        w = soft_selection_weights(noisy, kb, mag_lim)
+        sel = hard_selection(noisy, kb, mag_lim)
+        feats = make_features(noisy, soft)
+        stats = feature_stats(feats, w)
+        return standardize(feats, stats), w, sel
 
     t_fwd = best_time(fwd, theta, repeat=a.repeat)
     flux = jax.block_until_ready(fwd(theta))

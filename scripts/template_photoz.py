@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from popsed_jax.survey import catalog, mock, observe
+from popsed_jax.survey import catalog, mock
+from popsed_jax.survey.selection import select_catalog
 from popsed_jax.physics import forward
 
 
@@ -61,7 +62,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    cat = observe.select_catalog(catalog.load_catalog("sdss"), "r<17.77")
+    cat = select_catalog(catalog.load_catalog("sdss"), "r<17.77")
     idx = np.random.default_rng(a.seed).choice(cat.n, min(a.n_gal, cat.n), replace=False)
     f, e, zs = cat.flux[idx], cat.flux_err[idx], cat.z_spec[idx]
     model = forward.build_forward_model(z_max=0.36)

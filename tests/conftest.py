@@ -41,7 +41,7 @@ def provabgs_bases():
 
 
 def random_theta(n, seed=0, z_lo=0.01, z_hi=0.8, snap_burst_to=None):
-    """Uniform draws over the whole parameter box (DESIGN.md section 2)."""
+    """Uniform draws over the whole parameter box (docs/design.md section 2)."""
     from popsed_jax.physics.forward import PARAM_BOUNDS, PARAM_NAMES
 
     rng = np.random.default_rng(seed)

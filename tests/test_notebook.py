@@ -66,6 +66,7 @@ def executed(tmp_path_factory):
     return nb, work / "files", cwd
 
 
+@pytest.mark.slow
 def test_runs_and_writes_a_run_folder(executed):
     nb, files, cwd = executed
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
@@ -80,6 +81,7 @@ def test_runs_and_writes_a_run_folder(executed):
     assert json.loads((run / "run_info.json").read_text())["catalog"] == str(files / "mock.fits")
 
 
+@pytest.mark.slow
 def test_mock_obeys_the_survey_limit(executed):
     from astropy.table import Table
 
@@ -93,6 +95,7 @@ def test_mock_obeys_the_survey_limit(executed):
     assert np.median(mock["z"]) < np.median(sample_z_volume(20000, 0))
 
 
+@pytest.mark.slow
 def test_outputs_show_figures_and_tables(executed):
     nb, files, _ = executed
     text = "".join(_outputs(nb, "stream"))

@@ -17,6 +17,8 @@ from scipy import stats
 
 from ..physics.params import with_log_sfr
 
+__all__ = ["EVAL_QUANTITIES", "normalized_w1", "w1", "photometric_distinguishability", "format_table"]
+
 EVAL_QUANTITIES = (
     "z", "logM", "beta1", "beta2", "beta3", "beta4", "t_burst", "f_burst", "logZ", "n_dust", "tau1", "tau2",
     "logM_surviving", "log_sfr_100myr", "log_ssfr_100myr", "age_mw",
@@ -60,7 +62,7 @@ def photometric_distinguishability(rec_flux, truth_flux, softening, *, colours=T
     import jax.numpy as jnp
 
     from ..inference import loss
-    from ..survey import observe
+    from ..survey.features import feature_stats, make_features, standardize
 
     rng = np.random.default_rng(seed)
     rec_flux, truth_flux = np.asarray(rec_flux, np.float32), np.asarray(truth_flux, np.float32)
@@ -69,9 +71,9 @@ def photometric_distinguishability(rec_flux, truth_flux, softening, *, colours=T
         raise ValueError(f"too few rows to compare photometry: {len(rec_flux)} recovered, {len(truth_flux)} truth")
     r = rec_flux[rng.permutation(len(rec_flux))[:n]]
     t = truth_flux[rng.permutation(len(truth_flux))[:n]]
-    feat = lambda f: observe.make_features(jnp.asarray(f), softening, colours=colours)  # noqa: E731
-    stats = observe.feature_stats(feat(t))
-    pooled = jnp.concatenate([observe.standardize(feat(r), stats), observe.standardize(feat(t), stats)])
+    feat = lambda f: make_features(jnp.asarray(f), softening, colours=colours)  # noqa: E731
+    stats = feature_stats(feat(t))
+    pooled = jnp.concatenate([standardize(feat(r), stats), standardize(feat(t), stats)])
     div = jax.jit(lambda x, y: loss.sinkhorn_divergence(x, y, epsilon))
     stat, info = div(pooled[:n], pooled[n:])
     null, conv = [], bool(info.converged)

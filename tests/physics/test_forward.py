@@ -27,7 +27,7 @@ from popsed_jax.physics.forward import (
 
 def test_importing_dsps_does_not_change_precision():
     code = (
-        "import jax; from popsed_jax import reference, forward; "
+        "import jax; from popsed_jax.testing import reference; from popsed_jax.physics import forward; "
         "import popsed_jax.physics._dsps as d; d.import_dsps('dsps.sed'); "
         "print(jax.config.jax_enable_x64)"
     )

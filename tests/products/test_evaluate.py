@@ -10,7 +10,9 @@ from popsed_jax.products import evaluate as ev
 @pytest.fixture(scope="module")
 def sdss():
     from popsed_jax.survey.catalog import read_sdss_main
-    from popsed_jax.survey.observe import fit_noise_model, select_catalog, softening_from_noise
+    from popsed_jax.survey.noise import fit_noise_model
+    from popsed_jax.survey.selection import select_catalog
+    from popsed_jax.survey.features import softening_from_noise
 
     cat = read_sdss_main()
     return select_catalog(cat, "r<17.77").flux, softening_from_noise(fit_noise_model(cat))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from popsed_jax.products import report
-from popsed_jax.inference import train
+from popsed_jax.inference.config import FitConfig
 
 RUNS = Path(__file__).resolve().parents[2] / "runs"
 
@@ -30,7 +30,7 @@ def _png(path: Path, label: str):
 def _make_run(tmp_path: Path, figures=("loss.png", "ppc.png", "corner.png")) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    cfg = train.FitConfig(members=3, steps=345, lr=1.25e-3, limit="r<17.77").to_dict()
+    cfg = FitConfig(members=3, steps=345, lr=1.25e-3, limit="r<17.77").to_dict()
     (run / "config.json").write_text(json.dumps(cfg, indent=2))
     summary = {
         "steps": 345, "members": 3, "epsilon_final": 0.02,

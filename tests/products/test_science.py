@@ -13,7 +13,9 @@ from astropy.table import Table
 
 from popsed_jax.physics import cosmology, forward
 from popsed_jax.products import science
-from popsed_jax.inference import train
+from popsed_jax.inference import fit as fitlib
+from popsed_jax.inference.config import FitConfig
+from popsed_jax.products import plots
 from popsed_jax.physics.forward import IDX, derived_quantities, forward_fluxes, forward_mags
 
 R = 2  # index of sdss2010-r in the default filters
@@ -21,7 +23,7 @@ LIM = 17.77
 
 
 def _cols(model, theta, selected=None, member=None):
-    """Samples dict as fitrun writes it: parameters, derived quantities, selected, member."""
+    """Samples dict as runs.write_products writes it: parameters, derived quantities, selected, member."""
     d = forward.theta_to_columns(theta)
     d.update({k: np.asarray(v, float) for k, v in derived_quantities(model, theta).items() if k not in d})
     d["selected"] = np.ones(len(theta), bool) if selected is None else np.asarray(selected, bool)
@@ -120,8 +122,8 @@ def test_nz_comparison_on_sdss_spec_z(tmp_path):
     assert science.nz_comparison(zz, z, weights=w)["w1"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="spec-z"):
         science.nz_comparison(z, np.array([np.nan]))
-    science.plot_nz(z + 0.01, z, tmp_path / "nz.png", members=np.arange(z.size) % 3)
-    science.plot_nz(z, None, tmp_path / "nz_alone.png")
+    plots.plot_nz(z + 0.01, z, tmp_path / "nz.png", members=np.arange(z.size) % 3)
+    plots.plot_nz(z, None, tmp_path / "nz_alone.png")
     assert (tmp_path / "nz.png").stat().st_size > 1000 and (tmp_path / "nz_alone.png").stat().st_size > 1000
 
 
@@ -231,35 +233,9 @@ def test_vmax_recovers_the_density_of_a_volume_uniform_population(model, volume_
     assert np.all(np.histogram(cols["logM_surviving"][sel], bins)[0] / s["vmax"].max() < 0.8 * truth)
 
 
-def test_baldry12_reference_function():
-    p = dict(logMstar=10.66, phi1=3.96e-3, alpha1=-0.35, phi2=0.79e-3, alpha2=-1.47)
-    # at M = M* (h = 0.7): ln10 e^-1 (phi1 + phi2)
-    assert science.baldry12_smf(p["logMstar"], h=0.7) == pytest.approx(np.log(10) / np.e * (p["phi1"] + p["phi2"]), rel=1e-12)
-    # low-mass slope -> alpha2 + 1 per dex (the steeper component dominates)
-    lo = np.log10(science.baldry12_smf([7.0, 7.5], h=0.7))
-    assert (lo[1] - lo[0]) / 0.5 == pytest.approx(p["alpha2"] + 1, abs=0.05)
-    # h conversion: masses ~ h^-2, densities ~ h^3
-    h = 0.6774
-    np.testing.assert_allclose(science.baldry12_smf(np.array([9.0, 10.5]) + 2 * np.log10(0.7 / h), h=h),
-                               science.baldry12_smf([9.0, 10.5], h=0.7) * (h / 0.7) ** 3, rtol=1e-6)
-
-
 # ----------------------------------------------------------------------------------------
 # main sequence
 # ----------------------------------------------------------------------------------------
-def test_sfms_relations_at_known_points():
-    # Speagle+14 eq. 28 at log M = 10, t = 13.0 Gyr: (0.84 - 0.338) 10 - (6.51 - 1.43) = -0.06
-    assert science.speagle14_sfms(10.0, 13.0) == pytest.approx(-0.06, abs=1e-12)
-    # slope at t = 0: 0.84; intercept shift 0.11 per Gyr at log M = 0
-    assert science.speagle14_sfms(11.0, 0.0) - science.speagle14_sfms(10.0, 0.0) == pytest.approx(0.84)
-    assert science.speagle14_sfms(0.0, 1.0) - science.speagle14_sfms(0.0, 0.0) == pytest.approx(0.11)
-    # Chabrier: M and SFR both 0.03 dex lower than Kroupa
-    k = science.speagle14_sfms(10.03, 13.0)
-    assert science.speagle14_sfms(10.0, 13.0, chabrier=True) == pytest.approx(k - 0.03, abs=1e-12)
-    assert science.renzini_peng15_sfms(10.0) == pytest.approx(-0.04, abs=1e-12)
-    assert science.renzini_peng15_sfms(11.0) - science.renzini_peng15_sfms(10.0) == pytest.approx(0.76)
-
-
 def test_quiescent_fraction_on_constructed_arrays():
     x = np.array([-12.0, -11.5, -11.0, -10.0, -9.0, np.nan, -np.inf])
     assert science.quiescent_fraction(x) == pytest.approx(3 / 6)  # -11 itself is star-forming
@@ -278,7 +254,7 @@ def test_plot_sfms_counts_quiescent_galaxies(model, tmp_path):
     q = _theta(n // 2, z=rng.uniform(0.01, 0.09, n // 2), logM=rng.uniform(9, 11.5, n // 2), f_burst=1.0, t_burst=5.0)
     far = _theta(10, z=0.3, f_burst=1.0, t_burst=5.0)  # beyond z_max = 0.1: not counted
     cols = _cols(model, np.concatenate([sf, q, far]))
-    out = science.plot_sfms(cols, tmp_path / "sfms.png", z_max=0.1)
+    out = plots.plot_sfms(cols, tmp_path / "sfms.png", z_max=0.1)
     lss = cols["log_ssfr_100myr"][: n + n // 2]
     assert out["n"] == n + n // 2
     assert out["quiescent_fraction"] == pytest.approx(np.mean(lss < -11))
@@ -294,8 +270,8 @@ def test_plot_sfms_counts_quiescent_galaxies(model, tmp_path):
 def run_folder(model, tmp_path_factory):
     """A small run folder: 2000 box-uniform samples, 2 members, noiseless r-band selection."""
     run = tmp_path_factory.mktemp("run")
-    cfg = train.FitConfig()
-    lo, hi = train.box_bounds(cfg)
+    cfg = FitConfig()
+    lo, hi = fitlib.box_bounds(cfg)
     th = lo + (hi - lo) * np.random.default_rng(11).random((2000, lo.size))
     flux = np.asarray(forward_fluxes(model, th))
     cols = _cols(model, th, selected=22.5 - 2.5 * np.log10(flux[:, R]) < LIM, member=np.arange(2000) // 1000)
@@ -339,7 +315,7 @@ def test_catalog_without_spec_z_gives_population_only_nz(model, run_folder, tmp_
 def test_missing_run_or_samples_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_run"):
         science.make_science_products(tmp_path / "no_such_run")
-    (tmp_path / "config.json").write_text(json.dumps(train.FitConfig().to_dict()))
+    (tmp_path / "config.json").write_text(json.dumps(FitConfig().to_dict()))
     with pytest.raises(FileNotFoundError, match="samples.fits"):
         science.make_science_products(tmp_path)
 

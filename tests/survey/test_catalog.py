@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from popsed_jax.cli import main
+from popsed_jax.physics import photometry
 from popsed_jax.survey import catalog as C
 
 UGRIZ = tuple(f"sdss2010-{b}" for b in "ugriz")
@@ -53,7 +55,7 @@ def test_sdss_extinction_and_ab_offsets(sdss, raw):
     ext = np.asarray(raw["EXTINCTION"], np.float64)
     pos = (f_raw > 0).all(1)
     # magnitude change: m_cat = m_raw - EXTINCTION + (AB - SDSS offset)
-    dm = C.flux_to_mag(sdss.flux[pos]) - C.flux_to_mag(f_raw[pos]) + ext[pos]
+    dm = photometry.flux_to_mag(sdss.flux[pos]) - photometry.flux_to_mag(f_raw[pos]) + ext[pos]
     expected = np.array([-0.04, 0.0, 0.0, 0.0, 0.02])
     assert np.allclose(dm, expected, atol=2e-6)
     # dereddening makes every g, r, i flux brighter; u brighter still (AB offset)
@@ -66,14 +68,14 @@ def test_sdss_extinction_and_ab_offsets(sdss, raw):
 
 
 def test_petrosian_r_17_77_selects_97_8_percent():
-    from popsed_jax.survey.observe import hard_selection, parse_limit
+    from popsed_jax.survey.selection import hard_selection, parse_limit
     cat = C.read_sdss_main(flux="PETROFLUX")
     band, lim = parse_limit("r<17.77", cat.bands)
     frac = float(np.mean(np.asarray(hard_selection(cat.flux, cat.bands.index(band), lim))))
     assert abs(frac - 0.978) < 0.002, frac
     # without dereddening the fraction would be far lower: the correction matters
     raw_r = cat.flux[:, 2] * 10 ** (-0.4 * cat.extinction[:, 2])
-    assert np.mean(C.flux_to_mag(raw_r) < 17.77) < 0.965
+    assert np.mean(photometry.flux_to_mag(raw_r) < 17.77) < 0.965
 
 
 def test_sdss_extra_bands_units(sdss):
@@ -83,13 +85,13 @@ def test_sdss_extra_bands_units(sdss):
     assert d["twomass-H: missing (H_M_EXT or H_MSIG_EXT <= 0)"] == 714
     assert cat.n == 10000 - sum(d.values())
     # Vega -> AB: r - Ks(AB) of low-z galaxies is ~1; left in Vega it would be ~-0.6
-    r_ks = C.flux_to_mag(cat.flux[:, 2]) - C.flux_to_mag(cat.flux[:, 7])
+    r_ks = photometry.flux_to_mag(cat.flux[:, 2]) - photometry.flux_to_mag(cat.flux[:, 7])
     assert 0.8 < np.median(r_ks) < 1.6
     assert np.all(cat.extinction[:, 5:] < cat.extinction[:, 2:3])  # NIR extinction < A_r
     uv = C.read_sdss_main(extra=("NUV",))
     assert 700 < uv.n < 800  # GALEX is sparse
     # counts/s with the GALEX zero point: NUV - u ~ 1.6; read as uJy it would be ~5.5
-    assert 1.0 < np.median(C.flux_to_mag(uv.flux[:, 5]) - C.flux_to_mag(uv.flux[:, 0])) < 2.5
+    assert 1.0 < np.median(photometry.flux_to_mag(uv.flux[:, 5]) - photometry.flux_to_mag(uv.flux[:, 0])) < 2.5
     with pytest.raises(ValueError, match="W1"):
         C.read_sdss_main(extra=("W1",))
 
@@ -126,7 +128,7 @@ def test_read_table_units_and_magnitudes(sdss, flux_table):
     m = Table()
     for k, b in enumerate("ugriz"):
         with np.errstate(invalid="ignore"):
-            m[f"{b}_flux"] = C.flux_to_mag(sdss.flux[:, k])
+            m[f"{b}_flux"] = photometry.flux_to_mag(sdss.flux[:, k])
         m[f"{b}_err"] = 2.5 / np.log(10) * sdss.flux_err[:, k] / np.abs(sdss.flux[:, k])
     with pytest.raises(ValueError, match="sdss2010-u.*u_flux"):
         C.read_table(m, **_bands_cols(), unit="mag")
@@ -177,7 +179,7 @@ def test_structural_errors(flux_table):
         C.read_table(flux_table, **{**kw, "bands": ["sdss2010-u", "sdss2010-g", "sdss-r",
                                                     "sdss2010-i", "sdss2010-z"]})
     with pytest.raises(ValueError, match="'hsc2017-q'"):
-        C.validate_filter_names(["hsc2017-q"])
+        photometry.validate_filter_names(["hsc2017-q"])
     with pytest.raises(ValueError, match="empty table"):
         C.read_table(flux_table[:0], **kw)
     with pytest.raises(ValueError, match="exactly one of err_cols or ivar_cols"):
@@ -194,7 +196,7 @@ def test_ivar_columns_and_band_dict(sdss, flux_table):
 
 
 def test_empty_selection_raises(sdss):
-    from popsed_jax.survey.observe import select_catalog
+    from popsed_jax.survey.selection import select_catalog
     with pytest.raises(ValueError, match=r"empty selection: 'r<5'.*sdss2010-r.*0 of 10000"):
         select_catalog(sdss, "r<5")
     sel = select_catalog(sdss, "r<16")
@@ -205,13 +207,20 @@ def test_empty_selection_raises(sdss):
 # ----------------------------------------------------------------- summaries
 
 def test_mag_flux_helpers():
-    assert C.mag_to_flux(22.5) == 1.0 and C.flux_to_mag(1e9) == 0.0
-    assert np.isnan(C.flux_to_mag(-1.0)) and np.isnan(C.flux_to_mag(0.0))
+    assert photometry.mag_to_flux(22.5) == 1.0 and photometry.flux_to_mag(1e9) == 0.0
+    assert np.isnan(photometry.flux_to_mag(-1.0)) and np.isnan(photometry.flux_to_mag(0.0))
     m = np.linspace(10, 25, 7)
-    assert np.allclose(C.flux_to_mag(C.mag_to_flux(m)), m, atol=1e-12)
+    assert np.allclose(photometry.flux_to_mag(photometry.mag_to_flux(m)), m, atol=1e-12)
 
 
-def test_summary_and_info(sdss, tmp_path):
+def _catalog_info(capsys, path):
+    """What ``popsed-jax catalog info PATH`` prints."""
+    capsys.readouterr()
+    assert main(["catalog", "info", path]) == 0
+    return capsys.readouterr().out
+
+
+def test_summary_and_info(sdss, tmp_path, capsys):
     d = C.catalog_summary(sdss)
     assert d["n"] == 10000 and d["frac_z_spec"] == 1.0
     u = d["per_band"]["sdss2010-u"]
@@ -225,9 +234,9 @@ def test_summary_and_info(sdss, tmp_path):
     text = C.format_summary(d)
     assert all(b in text for b in UGRIZ) and "objects: 10000" in text
     with C.resources.as_file(C.default_sdss_path()) as p:
-        assert C.catalog_info_main(str(p)).splitlines()[1:] == text.splitlines()[1:]
+        assert _catalog_info(capsys, str(p)).splitlines()[1:] == text.splitlines()[1:]
     C.write_catalog(sdss, tmp_path / "c.ecsv")
-    assert C.catalog_info_main(str(tmp_path / "c.ecsv")).splitlines()[1:] == \
+    assert _catalog_info(capsys, str(tmp_path / "c.ecsv")).splitlines()[1:] == \
         text.splitlines()[1:]
 
 

@@ -14,7 +14,7 @@ from scipy.stats import spearmanr  # noqa: E402
 from popsed_jax.survey.catalog import Catalog, catalog_subset, load_catalog  # noqa: E402
 from popsed_jax.survey.independent import (compare_mass_distributions,  # noqa: E402
                                     kcorrect_masses, write_kcorrect_masses)
-from popsed_jax.survey.observe import select_catalog  # noqa: E402
+from popsed_jax.survey.selection import select_catalog  # noqa: E402
 
 N_SUB = 300
 

@@ -1,13 +1,14 @@
 """Mock surveys (popsed_jax.survey.mock): Table-2 prior, SDSS-like observation, round trip."""
 from __future__ import annotations
 
-import argparse
 import importlib.util
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from popsed_jax.cli import build_parser
+from popsed_jax.physics.photometry import SDSS_UGRIZ
 from popsed_jax.survey import mock as M
 from popsed_jax.physics.forward import PARAM_NAMES
 
@@ -41,7 +42,8 @@ def test_table2_marginals_ks():
 @pytest.fixture(scope="module")
 def sdss():
     from popsed_jax.survey.catalog import read_sdss_main
-    from popsed_jax.survey.observe import fit_noise_model, select_catalog
+    from popsed_jax.survey.noise import fit_noise_model
+    from popsed_jax.survey.selection import select_catalog
 
     cat = read_sdss_main()
     return cat, fit_noise_model(cat), select_catalog(cat, "r<17.77")
@@ -51,7 +53,7 @@ def sdss():
 def fwd():
     from popsed_jax.physics.forward import build_forward_model
 
-    return build_forward_model(filters=list(M.SDSS_UGRIZ), z_max=M.Z_RANGE[1])
+    return build_forward_model(filters=list(SDSS_UGRIZ), z_max=M.Z_RANGE[1])
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def test_mock_selection_and_columns(mock_tab):
     for c in (*PARAM_NAMES, "beta1", "beta4", "logM_surviving", "sfr_100myr", "sfr_10myr",
               "log_ssfr_100myr", "age_mw", "z_spec"):
         assert c in t.colnames, c
-    for b in M.SDSS_UGRIZ:
+    for b in SDSS_UGRIZ:
         for c in (f"flux_{b}", f"flux_err_{b}", f"flux_true_{b}"):
             assert c in t.colnames and np.all(np.isfinite(t[c])), c
     assert np.all(_rmag(t["flux_sdss2010-r"]) < 17.77)
@@ -115,7 +117,7 @@ def test_round_trip_read_catalog(mock_tab, tmp_path):
         p = tmp_path / name
         mock_tab.write(p, overwrite=True)
         cat = read_catalog(p)
-        assert cat.bands == M.SDSS_UGRIZ
+        assert cat.bands == SDSS_UGRIZ
         np.testing.assert_allclose(cat.flux[:, 2], mock_tab["flux_sdss2010-r"], rtol=1e-12)
         np.testing.assert_allclose(cat.flux_err, M.mock_to_catalog(mock_tab).flux_err, rtol=1e-12)
         np.testing.assert_allclose(cat.z_spec, mock_tab["z"])
@@ -131,11 +133,10 @@ def test_params_table_and_cli(fwd, sdss, tmp_path):
     assert len(out) == 50 and out["selected"].all()
     np.testing.assert_allclose(out["tau2"], th[:, 10])
     nm_path = tmp_path / "nm.json"
-    from popsed_jax.survey.observe import save_noise_model
+    from popsed_jax.survey.noise import save_noise_model
     save_noise_model(sdss[1], nm_path)
     tab.write(tmp_path / "p.fits")
-    ap = argparse.ArgumentParser()
-    M.add_mock_parser(ap.add_subparsers())
+    ap = build_parser()
     a = ap.parse_args(["mock", "--params", str(tmp_path / "p.fits"), "--noise-model", str(nm_path),
                        "--out", str(tmp_path / "o.fits"), "--seed", "4"])
     assert a.func(a) == 0
@@ -189,16 +190,15 @@ def test_default_noise_model_covers_the_sdss_file_2mass_bands():
     """ugriz + 2MASS: the noise model comes from the SDSS file's own errors, and 2MASS
     extended-source errors are far larger than SDSS ones at the same flux (the XSC is several
     magnitudes shallower than SDSS imaging), as measured per band."""
-    from popsed_jax.survey.observe import noise_sigma_median
+    from popsed_jax.survey.noise import noise_sigma_median
     import jax.numpy as jnp
 
-    bands = M.SDSS_UGRIZ + ("twomass-J", "twomass-H", "twomass-Ks")
+    bands = SDSS_UGRIZ + ("twomass-J", "twomass-H", "twomass-Ks")
     nm = M._default_noise_model(bands)
     assert tuple(nm.bands) == bands
     sig = np.asarray(noise_sigma_median(nm, jnp.full((1, len(bands)), 100.0, jnp.float32)))[0]
     assert np.all(sig[5:] > 20 * sig[2]), sig  # J, H, Ks vs r at 100 nmgy (r = 17.5)
     with pytest.raises(ValueError, match="hsc-r"):
         M._default_noise_model(("sdss2010-r", "hsc-r"))
-    ap = argparse.ArgumentParser()
-    M.add_mock_parser(ap.add_subparsers())
+    ap = build_parser()
     assert ap.parse_args(["mock", "--n", "5", "--zlogm", "sdss", "--out", "x.fits"]).zlogm == "sdss"
