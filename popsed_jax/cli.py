@@ -13,6 +13,8 @@ import time
 from .errors import PopsedError
 from .physics.photometry import SDSS_UGRIZ
 
+__all__ = ["main", "build_parser"]
+
 
 def _cmd_ssp_build(a):
     from .physics import ssp
@@ -23,7 +25,8 @@ def _cmd_ssp_build(a):
 def _cmd_ssp_info(a):
     from .physics import ssp
 
-    print(ssp.load_ssp_grid(a.grid).info())
+    g = ssp.load_ssp_grid(a.grid, nebular=False)
+    print((ssp.with_nebular(g) if g.neb_flux is not None else g).info())
 
 
 def _cmd_forward(a):
@@ -39,7 +42,8 @@ def _cmd_forward(a):
     theta = forward.theta_from_columns(tab)
     bases = load_sfh_bases(a.bases) if a.bases else None
     z_max = max(float(np.max(theta[:, 0])), 1e-3) if a.z_max is None else a.z_max
-    model = forward.build_forward_model(filters=a.filters, grid=a.grid, bases=bases, z_max=z_max, met_mode=a.met_mode)
+    model = forward.build_forward_model(filters=a.filters, grid=a.grid, bases=bases, z_max=z_max, met_mode=a.met_mode,
+                                        nebular=False if a.no_nebular else None, logU=a.logU)
     forward.check_theta(theta, model)
     t0 = time.perf_counter()
     flux = np.asarray(jax.jit(forward.forward_fluxes, static_argnames="chunk_size")(model, theta, chunk_size=8192))
@@ -195,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--bases", default=None, help="SFH bases file (t_lb, B_1..B_4 columns; default: the project's)")
     f.add_argument("--z-max", type=float, default=None, help="largest redshift to support (default: the table's)")
     f.add_argument("--met-mode", choices=["interp", "lognormal"], default="interp")
+    f.add_argument("--no-nebular", action="store_true", help="stellar light only (no nebular lines and continuum)")
+    f.add_argument("--logU", type=float, default=-2.5, help="ionization parameter of the nebular emission (default -2.5)")
     f.add_argument("--derived", action="store_true", help="also write surviving mass, SFRs, sSFR, mass-weighted age")
     f.set_defaults(func=_cmd_forward)
 

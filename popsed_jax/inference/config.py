@@ -109,6 +109,9 @@ class FitConfig:
     flow_hidden: int = _f(128, "Normalizing flow", "hidden units", _int_at_least(1))
     met_mode: str = _f("interp", "Forward model", "metallicity treatment: 'interp' (two neighbouring bins) or 'lognormal'",
                        _one_of("interp", "lognormal"))
+    nebular: bool = _f(True, "Forward model", "nebular emission (Cloudy lines + continuum) from stars younger than 10 Myr",
+                       lambda v: None if isinstance(v, bool) else "must be true or false")
+    logU: float = _f(-2.5, "Forward model", "ionization parameter of the nebular emission (grid: -4 .. 0)", _number(-4.0, 0.0))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -116,7 +119,7 @@ class FitConfig:
             v = getattr(self, f.name)
             msg = check(v) if check else None
             if msg:
-                raise ConfigError(f"fit configuration: {f.name} = {v!r} {msg}")
+                raise ConfigError(f"fit configuration: {f.name} {msg}, got {v!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

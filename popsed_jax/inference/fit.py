@@ -50,7 +50,7 @@ from .config import FitConfig
 __all__ = [
     "FitProblem", "FitState", "prepare", "init", "make_step", "make_optimizer", "validate",
     "data_floor", "sample", "sample_prior", "observe_theta", "simulate_members", "epsilon_at",
-    "noise_scale_at", "box_bounds", "flow_config", "member_keys", "ensemble_mesh",
+    "noise_scale_at", "box_bounds", "flow_config", "member_keys", "ensemble_mesh", "forward_model_for",
 ]
 
 
@@ -68,6 +68,12 @@ def flow_config(cfg: FitConfig) -> flows.FlowConfig:
     lo, hi = box_bounds(cfg)
     return flows.FlowConfig(lo=tuple(lo), hi=tuple(hi), n_layers=cfg.flow_layers, n_bins=cfg.flow_bins, hidden=cfg.flow_hidden,
                             z_volume=cfg.z_prior == "volume")
+
+
+def forward_model_for(cfg: FitConfig, bands, grid=None, bases=None) -> forward.ForwardModel:
+    """The forward model a fit configuration describes, for ``bands`` (z up to z_range[1])."""
+    return forward.build_forward_model(filters=list(bands), grid=grid, bases=bases, z_max=cfg.z_range[1],
+                                       met_mode=cfg.met_mode, nebular=cfg.nebular, logU=cfg.logU)
 
 
 def epsilon_at(cfg: FitConfig, i: int) -> float:
@@ -159,7 +165,7 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: NoiseModel | None = None,
     tr, va = perm[:n_train], perm[n_train:]
     stats = tuple(np.asarray(s) for s in feature_stats(feats[tr]))
     std = lambda x: jnp.asarray((x - stats[0]) / stats[1], jnp.float32)  # noqa: E731
-    model = forward.build_forward_model(filters=cat.bands, grid=grid, bases=bases, z_max=cfg.z_range[1], met_mode=cfg.met_mode)
+    model = forward_model_for(cfg, cat.bands, grid=grid, bases=bases)
     observation = make_observation(noise, cfg.limit, colours=cfg.colours, selection_width=cfg.selection_width, stats=stats)
     return FitProblem(cfg, model, observation, flow_config(cfg), std(feats[tr]), std(feats[va]),
                       make_loss_fn(cfg.loss, cfg.n_projections), make_loss_fn(cfg.val_loss))

@@ -25,8 +25,8 @@ Default ``solver="scaling"``: this module's Sinkhorn in scaling form.
 
 * Scaling form with absorption (Schmitzer 2019): the Gibbs kernel
   K = exp((f_i + g_j - C_ij)/eps) is built once per *epoch*, stabilized by the current
-  potentials; each iteration is then two matrix-vector products with K (no exponentials:
-  ~0.7 ms at 2048 x 2048 on 2 cores against ~4 ms for a log-sum-exp pass). When a scaling
+  potentials; each iteration is then two matrix-vector products with K (no exponentials,
+  several times cheaper than a log-sum-exp pass; measurements in docs/benchmarks.md). When a scaling
   leaves [e^-10, e^10] it is folded into the potentials, f is reset to the exact soft
   c-transform of g and K rebuilt. Non-finite scalings are undone and the relaxation halved.
 * Over-relaxation omega = 1.9 (``momentum``; Thibault et al. 2017, Lehmann et al. 2022), in
@@ -89,8 +89,7 @@ __all__ = [
 ]
 
 #: A blur schedule the fit can use (epsilon in |x-y|^2 units of standardized features).
-#: At 2000-4000 points a side in 5-D each value takes well under a second per
-#: value-and-gradient on 2 CPU cores with the defaults below (see benchmarks/loss.py).
+#: Costs per value are measured by benchmarks/loss.py.
 DEFAULT_EPSILON_SCHEDULE = (0.3, 0.1, 0.03, 0.01)
 
 Array = jax.Array

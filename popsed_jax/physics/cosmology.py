@@ -21,6 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate
 
+__all__ = ["C_KMS", "GYR_KM_S_MPC", "Cosmology", "PLANCK15", "DSPS_PLANCK15", "CosmoTable",
+    "make_cosmo_table", "comoving_distance", "lum_distance", "age_at_z"]
+
 C_KMS = 299792.458  # speed of light [km/s]
 GYR_KM_S_MPC = 977.7922216807891  # 1/(1 km/s/Mpc) in Gyr
 _SIGMA_SB = 5.670374419e-8  # W m^-2 K^-4
@@ -108,7 +111,7 @@ class CosmoTable(NamedTuple):
 
 def make_cosmo_table(cosmo: Cosmology = PLANCK15, z_max: float = 3.0, dz: float = 0.005, dtype=jnp.float32) -> CosmoTable:
     """Tabulate distances and ages on [0, z_max] for :func:`lum_distance` and :func:`age_at_z`
-    (the float64 quadrature, ~2 s, is done once per cosmology, z_max and dz)."""
+    (the float64 quadrature is done once per cosmology, z_max and dz)."""
     dz_, dc, ddc, age, dage = _cosmo_table_f64(cosmo, float(z_max), float(dz))
     f = lambda x: jnp.asarray(x, dtype=dtype)  # noqa: E731
     return CosmoTable(f(dz_), f(dc), f(ddc), f(age), f(dage))

@@ -13,6 +13,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["RV_C00", "BUMP_W0", "BUMP_DW", "LAM_V", "calzetti00_k", "drude_bump", "dust_basis", "diffuse_tau",
+    "birth_cloud_tau"]
+
 RV_C00 = 4.05
 BUMP_W0 = 0.2175  # um
 BUMP_DW = 0.035  # um

@@ -37,6 +37,10 @@ from . import cosmology as cosmo_mod
 from . import dust, photometry, sfh, ssp
 from .params import IDX, PARAM_BOUNDS, PARAM_NAMES, PARAM_UNITS, ZSUN, theta_from_columns, theta_to_columns  # noqa: F401
 
+__all__ = ["ForwardModel", "wave_grid_edges", "dsps_bin_edges", "build_forward_model", "metallicity_weights",
+    "ssp_weights", "rest_spectra", "redshift_to_obs_grid", "observe_spectra", "spectrum_fluxes",
+    "forward_fluxes", "forward_mags", "derived_quantities", "check_theta"]
+
 
 
 @jax.tree_util.register_dataclass
@@ -63,6 +67,7 @@ class ForwardModel:
     z_max: float = dataclasses.field(metadata=dict(static=True), default=0.8)
     met_mode: str = dataclasses.field(metadata=dict(static=True), default="interp")
     lgmet_scatter: float = dataclasses.field(metadata=dict(static=True), default=0.2)
+    nebular_logU: float | None = dataclasses.field(metadata=dict(static=True), default=None)  # None: stellar light only
 
     @property
     def n_bands(self) -> int:
@@ -118,6 +123,8 @@ def build_forward_model(
     lgmet_scatter: float = 0.2,
     cosmology: cosmo_mod.Cosmology = cosmo_mod.PLANCK15,
     dtype=None,
+    nebular: bool | None = None,
+    logU: float = ssp.DEFAULT_LOGU,
 ) -> ForwardModel:
     """Build the static data of the forward model once.
 
@@ -127,7 +134,10 @@ def build_forward_model(
     dlnlam: step of the working ln(lambda) grid (2e-3, i.e. R = 500, by default);
     met_mode: 'interp' (linear in log Z between neighbouring grid values, FSPS zcontinuous=1)
     or 'lognormal' (DSPS's triweight MDF of width lgmet_scatter dex); dtype: float32 by
-    default, float64 needs ``jax_enable_x64``.
+    default, float64 needs ``jax_enable_x64``. nebular: include Cloudy nebular lines and
+    continuum at ionization parameter ``logU`` (gas metallicity = stellar) from stars younger
+    than 10 Myr, attenuated like them (birth cloud + diffuse dust); None (default) means "if
+    the grid has it" (the default BC03 grid has), True requires it.
     """
     if dtype is None:
         dtype = jnp.float32
@@ -136,7 +146,12 @@ def build_forward_model(
     if met_mode not in ("interp", "lognormal"):
         raise ValueError(f"met_mode must be 'interp' or 'lognormal', not {met_mode!r}")
     if not isinstance(grid, ssp.SSPGrid):
-        grid = ssp.load_ssp_grid(grid)
+        grid = ssp.load_ssp_grid(grid, nebular=nebular, logU=logU)
+    elif nebular and grid.nebular_logU is None:
+        grid = ssp.with_nebular(grid, logU)
+    elif nebular is False and grid.nebular_logU is not None:
+        raise ValueError(f"nebular=False, but the SSP grid given includes nebular emission (logU = {grid.nebular_logU}): "
+                         "load it with load_ssp_grid(..., nebular=False)")
     bases = bases if bases is not None else sfh.load_sfh_bases()
     curves = photometry.load_filter_curves(filters)
     bands = tuple(n for n, _, _ in curves)
@@ -178,6 +193,7 @@ def build_forward_model(
         wave_rest=f(wave_rest),
         cosmo=cosmo_mod.make_cosmo_table(cosmology, z_max=max(1.0, z_max + 0.2), dtype=dtype),
         bands=bands, dlnlam=float(dlnlam), z_max=float(z_max), met_mode=met_mode, lgmet_scatter=float(lgmet_scatter),
+        nebular_logU=grid.nebular_logU,
     )
 
 

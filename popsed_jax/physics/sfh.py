@@ -26,6 +26,10 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["T_LB_MAX", "T_BIG", "YOUNG_GYR", "DEFAULT_BASES_FILE", "SFHBases", "load_sfh_bases", "SFHTables",
+    "ssp_age_edges", "make_sfh_tables", "cumulative_basis_mass", "kappa_to_beta", "beta_to_kappa",
+    "age_mass_fractions", "effective_burst_fraction", "burst_weights", "mass_formed_within", "sfr_table"]
+
 T_LB_MAX = 13.8  # Gyr, span on which bases are normalised
 T_BIG = 1.0e3  # Gyr, far end of the constant extension of a basis
 YOUNG_GYR = 0.01  # stars younger than this (SSP ages <= 10 Myr) see birth-cloud dust

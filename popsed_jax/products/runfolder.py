@@ -69,9 +69,13 @@ class RunFolder:
         return p
 
     def read_config(self):
+        """The run's FitConfig. Runs written before nebular emission existed (no ``nebular``
+        key) were fitted without it, and read so."""
         from ..inference.config import FitConfig
 
-        return FitConfig.from_dict(self.read_json("config"), source=str(self["config"]))
+        d = self.read_json("config")
+        d.setdefault("nebular", False)
+        return FitConfig.from_dict(d, source=str(self["config"]))
 
     def write_config(self, cfg) -> Path:
         return self.write_json("config", cfg.to_dict())

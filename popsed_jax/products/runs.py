@@ -16,7 +16,6 @@ import numpy as np
 from ..errors import FitDiverged
 from ..inference import fit as fitlib
 from ..inference.config import FLAG_RATIO, FitConfig
-from ..physics.forward import build_forward_model
 from ..physics.params import with_log_sfr
 from ..physics.photometry import flux_to_mag
 from ..survey.catalog import Catalog, load_catalog
@@ -169,7 +168,7 @@ def evaluate_run(run, truth, json_out=None, n_prior=40000) -> dict:
     rec = {c: np.asarray(samples[c])[rsel] for c in samples.colnames}
     bands = tuple(c[len("flux_"):] for c in samples.colnames if c.startswith("flux_"))
     noise = folder.read_noise_model()
-    model = build_forward_model(filters=bands, z_max=cfg.z_range[1], met_mode=cfg.met_mode)
+    model = fitlib.forward_model_for(cfg, bands)
     prior = fitlib.sample_prior(cfg, model, make_observation(noise, cfg.limit), n_prior)
     scores = ev.normalized_w1(rec, truth_cols, prior)
     raw = {q: ev.w1(rec, truth_cols, q) for q in scores}

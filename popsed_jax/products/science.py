@@ -478,7 +478,9 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
     if cfg.limit:
         bands = tuple(info.get("bands") or [c[len("flux_"):] for c in tab.colnames if c.startswith("flux_")])
         if model is None or tuple(model.bands) != bands or model.z_max < cfg.z_range[1] - 1e-9:
-            model = forward.build_forward_model(filters=list(bands), z_max=cfg.z_range[1], met_mode=cfg.met_mode)
+            from ..inference.fit import forward_model_for
+
+            model = forward_model_for(cfg, bands)
         smf = vmax_smf(cols, model, cfg.limit, cfg.z_range, obs.n, area_deg2=area_deg2, sampling_rate=sampling_rate, n_z=n_z)
         if area_deg2 is None:
             notes.append(SDSS_NOTE if is_shipped_sdss(cat_name) else

@@ -1,6 +1,6 @@
 """Mock surveys: the paper's Table-2 population, observed like the SDSS main sample.
 
-Population (DESIGN.md section 2, the paper's Table 2; TN(mu, sd) on [lo, hi] is a
+Population (docs/design.md section 2, the paper's Table 2; TN(mu, sd) on [lo, hi] is a
 normal truncated to the interval)::
 
     kappa1 ~ TN(0.5, 0.3) on [0, 1]        kappa2, kappa3 ~ U(0, 1)
@@ -153,7 +153,7 @@ def zlogm_pairs_sampler(z, logm, name="given (z, logM) pairs"):
 def sdss_zlogm_sampler(limit="r<17.77"):
     """(z, logM formed) of the shipped SDSS main sample: spec-z and kcorrect surviving masses
     + ``FORMED_MINUS_SURVIVING_DEX``, after `limit` (the paper's recipe with GAMA replaced by
-    SDSS; needs ``pip install kcorrect``; about 6 s)."""
+    SDSS; needs ``pip install kcorrect``)."""
     from .catalog import load_catalog
     from .independent import kcorrect_masses
     from .selection import select_catalog

@@ -28,6 +28,8 @@ from ..physics._dsps import import_dsps
 from ..physics.cosmology import DSPS_PLANCK15, Cosmology
 from ..physics.forward import IDX, ZSUN
 
+__all__ = ["N_T_TABLE", "YOUNG_GYR", "dsps_params", "make_reference"]
+
 N_T_TABLE = 600
 YOUNG_GYR = sfh_mod.YOUNG_GYR
 

@@ -29,3 +29,13 @@ def test_sfms_relations_at_known_points():
     assert relations.speagle14_sfms(10.0, 13.0, chabrier=True) == pytest.approx(k - 0.03, abs=1e-12)
     assert relations.renzini_peng15_sfms(10.0) == pytest.approx(-0.04, abs=1e-12)
     assert relations.renzini_peng15_sfms(11.0) - relations.renzini_peng15_sfms(10.0) == pytest.approx(0.76)
+
+
+def test_gallazzi05_mzr_table_points_and_shape():
+    p16, p50, p84 = relations.gallazzi05_mzr([10.47, 11.07])
+    np.testing.assert_allclose(p50, [-0.01, 0.10])
+    assert np.all(p16 < p50) and np.all(p50 < p84)
+    lo, mid, hi = relations.gallazzi05_mzr(np.linspace(9.0, 11.8, 50))
+    assert np.all(np.diff(mid[10:]) >= 0)  # metallicity rises with mass above ~1e9.5 Msun, then flattens
+    assert relations.gallazzi05_mzr(13.0)[1] == pytest.approx(0.15)  # flat beyond the table
+

@@ -90,7 +90,7 @@ def test_grid_is_dsps_readable_and_complete(grid):
 
     dsps = import_dsps("dsps")
     d = dsps.load_ssp_templates(fn=grid.source)
-    np.testing.assert_array_equal(np.asarray(d.ssp_flux), grid.flux)
+    np.testing.assert_array_equal(np.asarray(d.ssp_flux), ssp.load_ssp_grid(grid.source, nebular=False).flux)
     assert grid.flux.shape == (7, 220, grid.wave.size)
     assert grid.wave.min() <= 905 and grid.wave.max() >= 3.0e4  # 900 A .. beyond 3 micron
     np.testing.assert_allclose(10**grid.lgmet / 0.02, [0.005, 0.02, 0.2, 0.4, 1, 2.5, 5], rtol=1e-6)
