@@ -2,7 +2,7 @@
 
     import popsed_jax as pj
     model = pj.build_forward_model(filters=pj.SDSS_UGRIZ)      # exact, differentiable SPS
-    flux = pj.forward_fluxes(model, theta)                      # (N, 11) -> (N, B) nanomaggies
+    flux = pj.compute_fluxes(model, theta)                      # (N, 11) -> (N, B) nanomaggies, checked
     mock = pj.draw_mock(2000, seed=1)                           # astropy Table with the truth
     res = pj.run_fit("sdss", pj.FitConfig(steps=300), "runs/quick")
     pj.make_science_products("runs/quick"); pj.write_report("runs/quick")
@@ -22,7 +22,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     # physics
-    "build_forward_model": "physics.forward", "forward_fluxes": "physics.forward",
+    "build_forward_model": "physics.forward", "forward_fluxes": "physics.forward", "compute_fluxes": "physics.forward",
     "forward_mags": "physics.forward", "derived_quantities": "physics.forward", "check_theta": "physics.forward",
     "PARAM_NAMES": "physics.params", "PARAM_BOUNDS": "physics.params",
     "theta_from_columns": "physics.params", "theta_to_columns": "physics.params",
@@ -39,7 +39,8 @@ _EXPORTS = {
     "run_fit": "products.runs", "evaluate_run": "products.runs", "RunFolder": "products.runfolder",
     "make_science_products": "products.science", "write_report": "products.report",
     # errors
-    "PopsedError": "errors", "ConfigError": "errors", "FitDiverged": "errors",
+    "PopsedError": "errors", "ConfigError": "errors", "CatalogError": "errors", "FitDiverged": "errors",
+    "FitInterrupted": "errors", "RunFolderError": "errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

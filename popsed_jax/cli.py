@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from .errors import PopsedError
+from .errors import FitInterrupted, PopsedError
 from .physics.photometry import SDSS_UGRIZ
 
 __all__ = ["main", "build_parser"]
@@ -84,7 +84,8 @@ def _cmd_fit(a):
     over = {k: v for k, v in (("steps", a.steps), ("members", a.members), ("seed", a.seed)) if v is not None}
     cfg = dataclasses.replace(cfg, **over)
     t0 = time.perf_counter()
-    res = run_fit(a.catalog, cfg, a.out, resume=a.resume, noise_model=a.noise_model, n_samples=a.n_samples)
+    res = run_fit(a.catalog, cfg, a.out, resume=a.resume, noise_model=a.noise_model, n_samples=a.n_samples,
+                  overwrite=a.overwrite, force=a.force)
     s = res["summary"]
     print(
         f"popsed-jax fit: {cfg.steps} steps x {cfg.members} member(s) in {time.perf_counter() - t0:.0f} s; "
@@ -105,9 +106,7 @@ def _cmd_evaluate(a):
         print(f"photometry test skipped: {ph['skipped']}")
     elif ph:
         print(f"photometry, recovered vs truth (permutation test, Sinkhorn divergence, n = {ph['n']}, eps = {ph['epsilon']:g}): "
-              f"z = {ph['z']:.1f}, p = {ph['p']:.2f}, divergence / null mean = {ph['ratio']:.2f}. "
-              "Small z: the photometry cannot tell the recovered population from the truth at this sample size, "
-              "so remaining parameter errors are not identifiable from it")
+              f"z = {ph['z']:.1f}, p = {ph['p']:.2f}, divergence / null mean = {ph['ratio']:.2f}. " + evaluate.photometry_verdict(ph))
 
 
 def _cmd_report(a):
@@ -213,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--noise-model", default=None, help="noise model JSON (default: fitted to the catalog)")
     ft.add_argument("--n-samples", type=int, default=10000, help="population samples written to samples.fits")
     ft.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint, with its config.json unless --config is given (on a finished run: re-make the products)")
+    ft.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are removed)")
+    ft.add_argument("--force", action="store_true", help="with --resume: continue even if the catalog differs from the run's")
     ft.add_argument("--out", required=True, help="run folder")
     ft.set_defaults(func=_cmd_fit)
 
@@ -251,6 +252,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except FitInterrupted as err:  # Ctrl-C / SIGTERM: checkpointed, resumable
+        print(f"popsed-jax: {err}", file=sys.stderr)
+        return 130
     except (PopsedError, ValueError, FileNotFoundError, KeyError) as err:  # user-facing: one line
         print(f"popsed-jax: error: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """The package's own exception types: the CLI prints these as one-line errors."""
 from __future__ import annotations
 
-__all__ = ["PopsedError", "ConfigError", "FitDiverged"]
+__all__ = ["PopsedError", "ConfigError", "CatalogError", "FitDiverged", "FitInterrupted", "RunFolderError"]
 
 
 class PopsedError(Exception):
@@ -14,3 +14,15 @@ class ConfigError(PopsedError, ValueError):
 
 class FitDiverged(PopsedError, RuntimeError):
     """A training step produced a non-finite loss, gradient or parameter."""
+
+
+class CatalogError(PopsedError, ValueError):
+    """A catalog cannot be read or holds bad values: the message names the file, column, band or row."""
+
+
+class FitInterrupted(PopsedError):
+    """A fit stopped on SIGINT / SIGTERM after checkpointing; ``--resume`` continues it."""
+
+
+class RunFolderError(PopsedError):
+    """A run folder cannot be written or read as asked (locked, another run's, unwritable)."""

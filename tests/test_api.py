@@ -56,3 +56,15 @@ def test_tour_forward_and_mock_from_top_level_names():
     assert len(mock) == 50 and np.all(22.5 - 2.5 * np.log10(np.asarray(mock["flux_sdss2010-r"])) < 17.77)
     cat = pj.mock_to_catalog(mock)
     assert isinstance(cat, pj.Catalog) and cat.n == 50
+
+
+def test_compute_fluxes_is_the_checked_entry_point():
+    model = pj.build_forward_model(filters=pj.SDSS_UGRIZ, z_max=0.3)
+    good = np.array([[0.1, 10.8, 0.4, 0.6, 0.3, 2.0, 0.1, -0.4, -0.5, 0.5, 0.4]])
+    np.testing.assert_allclose(pj.compute_fluxes(model, good), np.asarray(pj.forward_fluxes(model, good)), rtol=1e-6)
+    for j, value, match in ((0, -0.1, "'z' = -0.1 in row 1"), (2, 1.3, "'kappa1' = 1.3 in row 1"),
+                            (10, -0.2, "'tau2' = -0.2 in row 1 must be >= 0")):
+        bad = np.repeat(good, 2, axis=0)
+        bad[1, j] = value
+        with pytest.raises(ValueError, match=match):
+            pj.compute_fluxes(model, bad)

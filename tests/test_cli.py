@@ -55,3 +55,16 @@ def test_catalog_info_cli(capsys):
     assert main(["catalog", "info", str(default_sdss_path())]) == 0
     out = capsys.readouterr().out
     assert "10000" in out and "sdss2010-r" in out and "depth" in out
+
+
+def test_plot_refuses_a_negative_area(tmp_path, capsys):
+    assert main(["plot", str(tmp_path), "--area", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert "area_deg2 must be a positive number, got -5.0" in err and "Traceback" not in err
+
+
+def test_evaluate_verdict_follows_the_number():
+    from popsed_jax.products.evaluate import photometry_verdict
+
+    assert "cannot tell" in photometry_verdict({"z": 0.4})
+    assert "CAN tell them apart" in photometry_verdict({"z": 36.8})

@@ -39,7 +39,7 @@ from .params import IDX, PARAM_BOUNDS, PARAM_NAMES, PARAM_UNITS, ZSUN, theta_fro
 
 __all__ = ["ForwardModel", "wave_grid_edges", "dsps_bin_edges", "build_forward_model", "metallicity_weights",
     "ssp_weights", "rest_spectra", "redshift_to_obs_grid", "observe_spectra", "spectrum_fluxes",
-    "forward_fluxes", "forward_mags", "derived_quantities", "check_theta"]
+    "forward_fluxes", "compute_fluxes", "forward_mags", "derived_quantities", "check_theta"]
 
 
 
@@ -296,9 +296,10 @@ def spectrum_fluxes(wave, lnu, z, filters=photometry.DEFAULT_FILTERS, cosmology=
 
 
 def forward_fluxes(model: ForwardModel, theta, chunk_size: int | None = None):
-    """Noiseless fluxes [nanomaggies], (N, n_bands), for theta (N, 11).
+    """Noiseless fluxes [nanomaggies], (N, n_bands), for theta (N, 11): the unchecked kernel.
 
-    Pure, jit-able and differentiable in theta. ``chunk_size`` bounds memory for large N by
+    Pure, jit-able and differentiable in theta (:func:`compute_fluxes` is the checked entry
+    point). ``chunk_size`` bounds memory for large N by
     mapping over chunks (the result is the same). Redshifts must lie in [0, model.z_max]
     (use :func:`check_theta` outside jit).
     """
@@ -311,6 +312,19 @@ def forward_fluxes(model: ForwardModel, theta, chunk_size: int | None = None):
     tp = jnp.concatenate([theta, jnp.broadcast_to(theta[:1], (pad, theta.shape[1]))]) if pad else theta
     out = jax.lax.map(lambda t: _forward(model, t), tp.reshape(n_chunks, chunk_size, -1))
     return out.reshape(n_chunks * chunk_size, -1)[:n]
+
+
+_forward_jit = jax.jit(lambda model, theta, chunk_size: forward_fluxes(model, theta, chunk_size), static_argnums=2)
+
+
+def compute_fluxes(model: ForwardModel, theta, chunk_size: int | None = 8192) -> np.ndarray:
+    """The checked entry point for users: validate theta (N, 11) with :func:`check_theta`
+    (ValueError naming the parameter, value and row), then the jitted forward model, chunked.
+    Returns noiseless fluxes (N, n_bands) [nanomaggies] as numpy. For jit / grad / vmap use
+    :func:`forward_fluxes`, the unchecked kernel (it cannot check traced values)."""
+    theta = check_theta(theta, model)
+    chunk = None if chunk_size is None or theta.shape[0] <= chunk_size else chunk_size
+    return np.asarray(_forward_jit(model, jnp.asarray(theta, model.ssp_all.dtype), chunk))
 
 
 def forward_mags(model: ForwardModel, theta, chunk_size=None):

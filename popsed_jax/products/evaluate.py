@@ -17,7 +17,7 @@ from scipy import stats
 
 from ..physics.params import with_log_sfr
 
-__all__ = ["EVAL_QUANTITIES", "normalized_w1", "w1", "photometric_distinguishability", "format_table"]
+__all__ = ["EVAL_QUANTITIES", "normalized_w1", "w1", "photometric_distinguishability", "photometry_verdict", "format_table"]
 
 EVAL_QUANTITIES = (
     "z", "logM", "beta1", "beta2", "beta3", "beta4", "t_burst", "f_burst", "logZ", "n_dust", "tau1", "tau2",
@@ -94,3 +94,13 @@ def format_table(scores: dict[str, float], raw: dict[str, float] | None = None) 
     lines = [head]
     lines += [f"{q:<18}{v:>32.3f}" + (f"{raw[q]:>16.4f}" if raw and q in raw else "") for q, v in scores.items()]
     return "\n".join(lines)
+
+
+def photometry_verdict(ph: dict, z_crit: float = 3.0) -> str:
+    """What the permutation test's z-score means, in words that follow the number."""
+    if ph["z"] < z_crit:
+        return (f"z < {z_crit:g}: the photometry cannot tell the recovered population from the truth at this sample size, "
+                "so remaining parameter errors are not identifiable from it")
+    return (f"z >= {z_crit:g}: the photometry CAN tell them apart: the fit has not reproduced the observed photometry, "
+            "so its parameter errors are (at least partly) a fitting failure, not a degeneracy")
+

@@ -7,26 +7,31 @@ writes and reads (a :class:`~popsed_jax.products.runfolder.RunFolder`).
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from ..errors import FitDiverged
+from .. import __version__
+from ..errors import FitDiverged, FitInterrupted, PopsedError
 from ..inference import fit as fitlib
 from ..inference.config import FLAG_RATIO, FitConfig
 from ..physics.params import with_log_sfr
 from ..physics.photometry import flux_to_mag
-from ..survey.catalog import Catalog, load_catalog
+from ..survey.catalog import Catalog, default_sdss_path, is_shipped_sdss, load_catalog
 from ..survey.noise import load_noise_model
 from ..survey.observation import make_observation
 from ..survey.selection import select_catalog
 from . import evaluate as ev
 from . import plots
-from .runfolder import RunFolder
+from .runfolder import RunFolder, file_sha256
 
-__all__ = ["train", "run_fit", "write_products", "evaluate_run", "FitDiverged", "CORNER_NAMES"]
+__all__ = ["train", "run_fit", "write_products", "evaluate_run", "catalog_identity", "FitDiverged", "FitInterrupted",
+           "CORNER_NAMES"]
 
 CORNER_NAMES = ("z", "logM", "logZ", "tau2", "log_sfr_100myr", "age_mw")
 _HISTORY_KEYS = ("step", "loss", "epsilon", "noise_scale", "grad_norm", "converged", "val_step", "val", "seconds")
@@ -37,10 +42,13 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
     """Train the ensemble of ``problem``, checkpointing into the run folder ``run``.
 
     Returns {"summary", "params", "history"}; writes config.json, checkpoints/, history.json
-    and summary.json. ``shard``: None shards the members over the devices when there are
-    several and they divide K; False never does. ``fail_at`` injects a NaN into the loss at
-    that step (for the reliability tests). A non-finite loss or gradient raises
-    :class:`FitDiverged` naming the step, member and quantity; the last good checkpoint is kept.
+    and summary.json. ``resume`` continues from the newest readable checkpoint (damaged newer
+    ones are skipped with a warning). ``shard``: None shards the members over the devices
+    when there are several and they divide K; False never does. ``fail_at`` injects a NaN
+    into the loss at that step (for the reliability tests). A non-finite loss or gradient
+    raises :class:`FitDiverged` naming the step, member and quantity; the last good checkpoint
+    is kept. SIGINT / SIGTERM stop at the next step boundary with a checkpoint and raise
+    :class:`FitInterrupted`.
     """
     from tqdm.auto import tqdm
 
@@ -50,9 +58,9 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
     state = fitlib.init(problem)
     history = {k: [] for k in _HISTORY_KEYS}
     if resume:
-        ck = folder.latest_checkpoint()
+        ck = folder.load_latest_checkpoint(state.params, state.opt_state)
         if ck is not None:
-            params, opt_state, start, history = folder.load_checkpoint(ck, state.params, state.opt_state)
+            params, opt_state, start, history = ck
             state = state._replace(params=params, opt_state=opt_state, step=start)
     mesh = fitlib.ensemble_mesh(cfg.members) if shard is not False else None
     if mesh is not None:
@@ -65,36 +73,44 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="popsed-jax fit", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)  # seconds accumulate over resumes
     last_good = start
-    for i in bar:
-        new_state, m = step(state)
-        loss_v, gnorm, eps, ns = m["loss"], m["grad_norm"], m["epsilon"], m["noise_scale"]
-        if fail_at is not None and i == fail_at:
-            loss_v = loss_v * np.nan
-        bad = ~np.isfinite(loss_v) | ~np.isfinite(gnorm)
-        if bad.any():
-            k = int(np.nonzero(bad)[0][0])
-            what = "loss" if not np.isfinite(loss_v[k]) else "gradient norm"
-            raise FitDiverged(
-                f"step {i}: the {what} of ensemble member {k} is {loss_v[k] if what == 'loss' else gnorm[k]} "
-                f"(epsilon={eps:.4g}, noise scale={ns:.3g}); stopped. The last good checkpoint is step {last_good} "
-                f"in {folder['checkpoints']}; resume with --resume after changing the configuration (e.g. a lower lr)."
-            )
-        state = new_state
-        history["step"].append(i)
-        history["loss"].append(loss_v.tolist())
-        history["epsilon"].append(eps)
-        history["noise_scale"].append(ns)
-        history["grad_norm"].append(gnorm.tolist())
-        history["converged"].append(m["converged"].tolist())
-        history["seconds"].append(time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{float(np.mean(loss_v)):.4f}", blur=f"{eps:.3g}", noise=f"{ns:.2f}")
-        done = i + 1
-        if done % cfg.val_every == 0 or done == cfg.steps:
-            history["val_step"].append(done)
-            history["val"].append(fitlib.validate(problem, state.params, eps).tolist())
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            folder.save_checkpoint(done, state.params, state.opt_state, history)
-            last_good = done
+    with _StopOnSignals() as stop:
+        for i in bar:
+            new_state, m = step(state)
+            loss_v, gnorm, eps, ns = m["loss"], m["grad_norm"], m["epsilon"], m["noise_scale"]
+            if fail_at is not None and i == fail_at:
+                loss_v = loss_v * np.nan
+            bad = ~np.isfinite(loss_v) | ~np.isfinite(gnorm)
+            if bad.any():
+                k = int(np.nonzero(bad)[0][0])
+                what = "loss" if not np.isfinite(loss_v[k]) else "gradient norm"
+                raise FitDiverged(
+                    f"step {i}: the {what} of ensemble member {k} is {loss_v[k] if what == 'loss' else gnorm[k]} "
+                    f"(epsilon={eps:.4g}, noise scale={ns:.3g}); stopped. The last good checkpoint is step {last_good} "
+                    f"in {folder['checkpoints']}; resume with --resume after changing the configuration (e.g. a lower lr)."
+                )
+            state = new_state
+            history["step"].append(i)
+            history["loss"].append(loss_v.tolist())
+            history["epsilon"].append(eps)
+            history["noise_scale"].append(ns)
+            history["grad_norm"].append(gnorm.tolist())
+            history["converged"].append(m["converged"].tolist())
+            history["seconds"].append(time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{float(np.mean(loss_v)):.4f}", blur=f"{eps:.3g}", noise=f"{ns:.2f}")
+            done = i + 1
+            if done % cfg.val_every == 0 or done == cfg.steps:
+                history["val_step"].append(done)
+                history["val"].append(fitlib.validate(problem, state.params, eps).tolist())
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                folder.save_checkpoint(done, state.params, state.opt_state, history)
+                last_good = done
+            elif stop.signal is not None:
+                folder.save_checkpoint(done, state.params, state.opt_state, history)
+            if stop.signal is not None:
+                bar.close()
+                raise FitInterrupted(
+                    f"stopped by {signal.Signals(stop.signal).name} after step {done} of {cfg.steps}, checkpoint written "
+                    f"in {folder['checkpoints']}; continue with the same command and --resume")
     bar.close()
     eps_final = fitlib.epsilon_at(cfg, cfg.steps - 1)
     val = fitlib.validate(problem, state.params, eps_final)
@@ -112,36 +128,98 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
     return {"summary": summary, "params": state.params, "history": history}
 
 
+class _StopOnSignals:
+    """Within the block, SIGINT and SIGTERM set ``.signal`` instead of interrupting, so the loop
+    stops at the next step boundary with a checkpoint. Only in the main thread (elsewhere
+    Python cannot install handlers, and the default behaviour stays)."""
+
+    def __enter__(self):
+        self.signal = None
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+        return False
+
+
+def catalog_identity(catalog, cat: Catalog) -> dict:
+    """What a run records of the catalog it fitted: its name, absolute path and SHA-256 (a
+    file), its size and bands, and the code version."""
+    info = {"n_catalog": int(cat.n), "bands": list(cat.bands), "popsed_jax_version": __version__}
+    if isinstance(catalog, Catalog):
+        info.update(catalog=cat.meta.get("source", "in-memory catalog"), catalog_sha256=None)
+    elif is_shipped_sdss(catalog):
+        from importlib import resources
+
+        with resources.as_file(default_sdss_path()) as shipped:
+            info.update(catalog=str(catalog), catalog_path=str(catalog), catalog_sha256=file_sha256(shipped))
+    else:
+        path = os.path.abspath(os.fspath(catalog))
+        info.update(catalog=str(catalog), catalog_path=path, catalog_sha256=file_sha256(path))
+    return info
+
+
 def run_fit(catalog, cfg: FitConfig | None = None, out="runs/fit", resume=False, noise_model=None, n_samples=10000,
-            progress=True, fail_at=None) -> dict:
+            progress=True, fail_at=None, overwrite=False, force=False) -> dict:
     """Fit a population to ``catalog`` (a path, 'sdss' / 'sdss+2mass', or a :class:`Catalog`)
     and write the run folder ``out``: noise model, checkpoints, history, summary, population
     samples and the fit's figures. Returns {"summary", "params", "history", "samples"} with
-    the samples as an astropy Table."""
+    the samples as an astropy Table.
+
+    Everything is validated (catalog, configuration, noise model, selection) before anything
+    is written. A folder holding another run is refused unless ``overwrite`` (which clears
+    it) or ``resume`` (which must be of the same catalog, unless ``force``); a folder in use
+    by a running fit is refused (RUN/.lock).
+    """
     cfg = cfg or FitConfig()
-    folder = RunFolder(out).create()
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
-    name = catalog.meta.get("source", "in-memory catalog") if isinstance(catalog, Catalog) else str(catalog)
-    folder.write_json("run_info", {"catalog": name, "n_catalog": int(cat.n), "bands": list(cat.bands)})
     noise = load_noise_model(noise_model) if noise_model else None
     problem = fitlib.prepare(cat, cfg, noise)
-    folder.write_noise_model(problem.noise)
-    if not folder.exists("noise_plot"):
-        plots.plot_noise_model(problem.noise, cat, folder["noise_plot"])
-    res = train(problem, folder, resume=resume, progress=progress, fail_at=fail_at)
-    res["samples"] = write_products(problem, cat, folder, res, n_samples)
+    info = catalog_identity(catalog, cat)
+    folder = RunFolder(out).create()
+    with folder.lock():
+        folder.check_new_run(info, resume=resume, overwrite=overwrite, force=force)
+        folder.write_json("run_info", info)
+        folder.write_noise_model(problem.noise)
+        if not folder.exists("noise_plot"):
+            plots.plot_noise_model(problem.noise, cat, folder["noise_plot"])
+        res = train(problem, folder, resume=resume, progress=progress, fail_at=fail_at)
+        res["samples"] = write_products(problem, cat, folder, res, n_samples)
     return res
 
 
 def write_products(problem: fitlib.FitProblem, cat: Catalog, folder: RunFolder, res: dict, n_samples: int):
-    """Population samples (samples.fits) and the fit's figures; returns the samples Table."""
+    """Population samples (samples.fits) and the fit's figures; returns the samples Table.
+
+    A population none of whose samples passes the survey limit is a failed fit: the samples
+    are written for inspection, the members without selected samples are flagged in
+    summary.json, and a PopsedError says so before any figure is made."""
     from astropy.table import Table
 
     cfg = problem.cfg
     cols = fitlib.sample(problem, res["params"], max(n_samples // cfg.members, 1))
     folder.write_samples(cols)
-    plots.plot_loss_curves(res["history"], folder["loss_plot"], floor=res["summary"]["data_floor"])
     sel = cols["selected"]
+    empty = [int(k) for k in range(cfg.members) if not np.any(sel[cols["member"] == k])]
+    if empty:
+        summary = res["summary"]
+        summary["flagged_members"] = sorted(set(summary["flagged_members"]) | set(empty))
+        summary["members_without_selected_samples"] = empty
+        folder.write_json("summary", summary)
+    if not sel.any():
+        raise PopsedError(
+            f"the fitted population has no samples that pass the survey limit {cfg.limit!r} ({sel.size} drawn): the fit "
+            f"failed (members {empty} flagged in {folder['summary']}); try another lr or seed. {folder['samples']} "
+            "is kept for inspection")
+    plots.plot_loss_curves(res["history"], folder["loss_plot"], floor=res["summary"]["data_floor"])
     sim = np.stack([cols[f"flux_{b}"][sel] for b in problem.bands], -1)
     obs = select_catalog(cat, cfg.limit).flux if cfg.limit else cat.flux
     plots.plot_ppc(flux_to_mag(obs), flux_to_mag(sim), problem.bands, folder["ppc_plot"])

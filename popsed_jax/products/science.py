@@ -396,8 +396,24 @@ def _sfms_data(cols, z_max, threshold):
 # ----------------------------------------------------------------------------------------
 # 5. everything for a run folder
 # ----------------------------------------------------------------------------------------
-def _resolve_catalog(spec: str, run: Path) -> str:
-    if is_shipped_sdss(spec) or Path(spec).is_absolute() or Path(spec).exists():
+def _resolve_catalog(info: dict, run: Path) -> str:
+    """The catalog a run fitted, from its run_info.json: the recorded absolute path, checked
+    against the recorded SHA-256 (runs from before it was recorded: the name, tried relative
+    to the working directory and the run folder's parents)."""
+    from .runfolder import file_sha256
+
+    spec = info["catalog"]
+    if is_shipped_sdss(spec):
+        return spec
+    path = info.get("catalog_path")
+    if path is not None:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"the catalog {path} that {run} fitted is gone; pass catalog=")
+        if info.get("catalog_sha256") and file_sha256(path) != info["catalog_sha256"]:
+            raise ValueError(f"the catalog {path} has changed since {run} fitted it (SHA-256 differs); pass catalog= "
+                             "to use it anyway")
+        return path
+    if Path(spec).is_absolute() or Path(spec).exists():
         return spec
     for base in (run, run.parent, run.parent.parent):
         if (base / spec).exists():
@@ -423,6 +439,11 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
     from ..survey.catalog import Catalog, load_catalog
     from .runfolder import RunFolder
 
+    for name, v in (("area_deg2", area_deg2), ("sampling_rate", sampling_rate)):
+        if v is not None and not (np.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive number, got {v!r}")
+    if area_deg2 is not None and area_deg2 > FULL_SKY_DEG2:
+        raise ValueError(f"area_deg2 = {area_deg2} exceeds the whole sky ({FULL_SKY_DEG2:.2f} deg^2)")
     folder = RunFolder(run)
     run = folder.path
     if not run.is_dir():
@@ -435,7 +456,7 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
     if catalog is None:
         if "catalog" not in info:
             raise FileNotFoundError(f"{folder['run_info']} (naming the fitted catalog) not found: pass catalog=")
-        catalog = _resolve_catalog(info["catalog"], run)
+        catalog = _resolve_catalog(info, run)
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
     cat_name = "Catalog object" if isinstance(catalog, Catalog) else str(catalog)
     obs = select_catalog(cat, cfg.limit) if cfg.limit else cat

@@ -18,6 +18,7 @@ import difflib
 from contextlib import nullcontext
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CatalogError
 from ..physics.photometry import (SDSS_UGRIZ, ZP_NMGY, flux_to_mag, mag_to_flux, magerr_to_fluxerr,
                                   validate_filter_names)
 
@@ -96,11 +98,16 @@ class Catalog:
         err = np.asarray(self.flux_err, dtype=np.float64)
         bands = tuple(str(b) for b in self.bands)
         if flux.ndim != 2 or flux.shape != err.shape or flux.shape[1] != len(bands):
-            raise ValueError(
+            raise CatalogError(
                 f"flux {flux.shape} and flux_err {err.shape} must both be (N, B) "
                 f"with B = len(bands) = {len(bands)}")
-        if not np.all(np.isfinite(err) & (err > 0)):
-            raise ValueError("flux_err must be finite and > 0 everywhere")
+        if flux.shape[0] == 0:
+            raise CatalogError("the catalog has no galaxies (0 rows)")
+        for what, arr, ok in (("flux", flux, np.isfinite(flux)), ("flux_err", err, np.isfinite(err) & (err > 0))):
+            if not ok.all():
+                i, k = (int(x[0]) for x in np.nonzero(~ok))
+                raise CatalogError(f"{what} of band {bands[k]} is {arr[i, k]!r} in row {i} ({int((~ok).sum())} bad values); "
+                                   f"{what} must be finite" + (" and > 0" if what == "flux_err" else ""))
         n = flux.shape[0]
         object.__setattr__(self, "flux", flux)
         object.__setattr__(self, "flux_err", err)
@@ -113,7 +120,7 @@ class Catalog:
                 if name != "ids":
                     v = v.astype(np.float64)
                 if v.shape != shape:
-                    raise ValueError(f"{name} has shape {v.shape}, expected {shape}")
+                    raise CatalogError(f"{name} has shape {v.shape}, expected {shape}")
                 object.__setattr__(self, name, v)
         if self.ids is None:
             object.__setattr__(self, "ids", np.arange(n, dtype=np.int64))
@@ -168,15 +175,15 @@ def read_sdss_main(path=None, bands=("u", "g", "r", "i", "z"), flux="MODELFLUX",
         source = str(path) if path is not None else "popsed_jax/data/sdss_main_kcorrect.fits"
     flux = flux.upper()
     if flux not in ("MODELFLUX", "PETROFLUX"):
-        raise ValueError(f"flux must be 'MODELFLUX' or 'PETROFLUX', got {flux!r}")
+        raise CatalogError(f"flux must be 'MODELFLUX' or 'PETROFLUX', got {flux!r}")
     for col in (flux, flux + "_IVAR", "EXTINCTION", "Z"):
         if col not in tab.colnames:
-            raise ValueError(f"column {col!r} missing from {source}; have {tab.colnames}")
+            raise CatalogError(f"column {col!r} missing from {source}; have {tab.colnames}")
     n = len(tab)
     idx = []
     for b in bands:
         if b not in SDSS_FILTERS:
-            raise ValueError(f"unknown SDSS band {b!r}: use a subset of 'ugriz'")
+            raise CatalogError(f"unknown SDSS band {b!r}: use a subset of 'ugriz'")
         idx.append("ugriz".index(b))
     f_all = np.asarray(tab[flux], dtype=np.float64)
     iv_all = np.asarray(tab[flux + "_IVAR"], dtype=np.float64)
@@ -201,7 +208,7 @@ def read_sdss_main(path=None, bands=("u", "g", "r", "i", "z"), flux="MODELFLUX",
     for e in extra:
         key = _EXTRA_ALIASES.get(str(e).lower(), e)
         if key not in _SDSS_EXTRA:
-            raise ValueError(f"unknown extra band {e!r}; available: {list(_SDSS_EXTRA)}")
+            raise CatalogError(f"unknown extra band {e!r}; available: {list(_SDSS_EXTRA)}")
         kind, (cm, ce), zp, coeff = _SDSS_EXTRA[key]
         m, s = (np.asarray(tab[c], dtype=np.float64) for c in (cm, ce))
         a = coeff * ebv
@@ -224,7 +231,7 @@ def read_sdss_main(path=None, bands=("u", "g", "r", "i", "z"), flux="MODELFLUX",
     _mark(~np.isfinite(z), "z_spec: non-finite Z", drop_reason, dropped)
     keep = drop_reason < 0
     if not keep.any():
-        raise ValueError(f"no rows left in {source} after dropping: {dict(dropped)}")
+        raise CatalogError(f"no rows left in {source} after dropping: {dict(dropped)}")
     meta = dict(source=source, n_input=n, dropped=dict(dropped), flux_type=flux,
                 extinction_corrected=True,
                 ab_offsets={SDSS_FILTERS[b]: SDSS_AB_OFFSET[b] for b in bands})
@@ -243,22 +250,35 @@ def _as_table(path_or_table, format=None):
     if isinstance(path_or_table, Table):
         return path_or_table, "<table>"
     path = os.fspath(path_or_table)
+    if not os.path.exists(path):
+        raise CatalogError(f"catalog file not found: {path}")
     fmt = format or _guess_format(path)
     kw = {"path": "catalog"} if fmt == "hdf5" else {}
-    return Table.read(path, format=fmt, **kw), path
+    try:
+        with warnings.catch_warnings():  # a truncated file is an error, not a warning
+            warnings.filterwarnings("error", message=".*truncated.*")
+            return Table.read(path, format=fmt, **kw), path
+    except Exception as err:  # astropy raises many kinds for a damaged file: name the file, keep the cause
+        raise CatalogError(f"cannot read {path} as a {fmt} table: {type(err).__name__}: {err}") from err
 
 
 def _col(tab, name, what):
     if name not in tab.colnames:
         close = difflib.get_close_matches(name, tab.colnames, n=3, cutoff=0.5)
-        raise ValueError(
+        raise CatalogError(
             f"missing column {name!r} ({what}); "
             + (f"close matches: {close}; " if close else "")
             + f"available: {tab.colnames}")
     col = tab[name]
-    if getattr(col, "mask", None) is not None and np.any(col.mask):
-        return np.ma.filled(col.astype(np.float64), np.nan)
-    return np.asarray(col, dtype=np.float64)
+    try:
+        if getattr(col, "mask", None) is not None and np.any(col.mask):
+            return np.ma.filled(col.astype(np.float64), np.nan)
+        out = np.asarray(col, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise CatalogError(f"column {name!r} ({what}) is not numeric: {err}") from None
+    if out.ndim != 1:
+        raise CatalogError(f"column {name!r} ({what}) has shape {out.shape}; expected one value per row")
+    return out
 
 
 def _flux_factor(unit, zero_point, what):
@@ -266,7 +286,7 @@ def _flux_factor(unit, zero_point, what):
     if u in ("zp", "zeropoint", "zero_point"):
         return 10.0 ** (-0.4 * (zero_point - ZP_NMGY))
     if u not in _UNIT_TO_NMGY:
-        raise ValueError(
+        raise CatalogError(
             f"unknown {what} {unit!r}; use one of {sorted(_UNIT_TO_NMGY)}, 'mag' or "
             "'zp' (flux with AB zero point `zero_point`)")
     return _UNIT_TO_NMGY[u]
@@ -286,7 +306,7 @@ def read_table(path_or_table, bands, *, flux_cols=None, err_cols=None, ivar_cols
     (ValueError naming column, band and value) or 'drop' (count per reason).
     """
     if on_bad not in ("raise", "drop"):
-        raise ValueError(f"on_bad must be 'raise' or 'drop', got {on_bad!r}")
+        raise CatalogError(f"on_bad must be 'raise' or 'drop', got {on_bad!r}")
     tab, source = _as_table(path_or_table, format)
     if isinstance(bands, dict):
         if flux_cols is None:
@@ -294,27 +314,30 @@ def read_table(path_or_table, bands, *, flux_cols=None, err_cols=None, ivar_cols
         bands = list(bands.keys())
     bands = [str(b) for b in bands]
     if not bands:
-        raise ValueError("no bands given")
+        raise CatalogError("no bands given")
     if len(set(bands)) != len(bands):
-        raise ValueError(f"duplicate band names in {bands}")
-    validate_filter_names(bands)
+        raise CatalogError(f"duplicate band names in {bands}")
+    try:
+        validate_filter_names(bands)
+    except ValueError as err:
+        raise CatalogError(f"{source}: {err}") from None
     if flux_cols is None:
-        raise ValueError("flux_cols is required (or pass bands as {filter: column})")
+        raise CatalogError("flux_cols is required (or pass bands as {filter: column})")
     if (err_cols is None) == (ivar_cols is None):
-        raise ValueError("give exactly one of err_cols or ivar_cols")
+        raise CatalogError("give exactly one of err_cols or ivar_cols")
     for what, cols in (("flux_cols", flux_cols), ("err_cols", err_cols),
                        ("ivar_cols", ivar_cols), ("extinction_cols", extinction_cols)):
         if cols is not None and len(cols) != len(bands):
-            raise ValueError(f"{what} has {len(cols)} entries for {len(bands)} bands")
+            raise CatalogError(f"{what} has {len(cols)} entries for {len(bands)} bands")
     n = len(tab)
     if n == 0:
-        raise ValueError(f"empty table ({source}): 0 rows")
+        raise CatalogError(f"empty table ({source}): 0 rows")
     unit = str(unit)
     err_unit = unit if err_unit is None else str(err_unit)
     is_mag = unit.lower() == "mag"
     fac = None if is_mag else _flux_factor(unit, zero_point, "unit")
     if ivar_cols is not None and err_unit.lower() == "mag":
-        raise ValueError("ivar_cols must be in flux units, not 'mag'")
+        raise CatalogError("ivar_cols must be in flux units, not 'mag'")
     efac = None if err_unit.lower() == "mag" else _flux_factor(err_unit, zero_point,
                                                                "err_unit")
 
@@ -374,13 +397,13 @@ def read_table(path_or_table, bands, *, flux_cols=None, err_cols=None, ivar_cols
         bad = np.asarray(bad, dtype=bool)
         if on_bad == "raise" and bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(
+            raise CatalogError(
                 f"{reason}: {int(bad.sum())} of {n} rows, first at row {i} "
                 f"(column {col!r} = {_scalar(vals[i])!r}); fix the input or use on_bad='drop'")
         _mark(bad, reason, drop_reason, dropped)
     keep = drop_reason < 0
     if not keep.any():
-        raise ValueError(f"no rows left after dropping bad rows: {dict(dropped)}")
+        raise CatalogError(f"no rows left after dropping bad rows: {dict(dropped)}")
     meta = dict(source=source, n_input=n, dropped=dict(dropped),
                 extinction_corrected=extinction_cols is not None, input_unit=unit)
     return Catalog(flux=np.stack(fl_out, 1)[keep], flux_err=np.stack(er_out, 1)[keep],
@@ -402,12 +425,12 @@ def catalog_subset(cat: Catalog, keep, reason: str | None = None) -> Catalog:
     keep = np.asarray(keep)
     if keep.dtype == bool:
         if keep.shape != (cat.n,):
-            raise ValueError(f"mask shape {keep.shape} != ({cat.n},)")
+            raise CatalogError(f"mask shape {keep.shape} != ({cat.n},)")
         n_keep = int(keep.sum())
     else:
         n_keep = keep.size
     if n_keep == 0:
-        raise ValueError(
+        raise CatalogError(
             f"empty selection: {reason or 'subset'} keeps 0 of {cat.n} objects")
     meta = dict(cat.meta)
     if reason is not None:
@@ -469,30 +492,40 @@ def write_catalog(cat: Catalog, path, format=None) -> None:
     t.write(path, format=fmt, overwrite=True, **kw)
 
 
-def read_catalog(path, format=None) -> Catalog:
-    """Read a catalog written by :func:`write_catalog` (bands inferred from
-    column names when the format drops table meta, e.g. CSV)."""
+def read_catalog(path, format=None, on_bad: str = "raise") -> Catalog:
+    """Read a catalog written by :func:`write_catalog` (bands inferred from column names when
+    the format drops table meta, e.g. CSV), with :func:`read_table`'s checks: filter names,
+    finite fluxes and positive errors, per row (``on_bad='drop'`` drops and counts them)."""
     tab, source = _as_table(path, format)
     if "PSBANDS" in tab.meta:
-        bands = json.loads(tab.meta["PSBANDS"])
+        try:
+            bands = [str(b) for b in json.loads(tab.meta["PSBANDS"])]
+        except (TypeError, ValueError):
+            raise CatalogError(f"{source}: its PSBANDS header is not a JSON list of band names") from None
     else:
-        bands = [c[len("flux_"):] for c in tab.colnames
-                 if c.startswith("flux_") and not c.startswith("flux_err_")]
+        fl = [c[len("flux_"):] for c in tab.colnames if c.startswith("flux_") and not c.startswith(("flux_err_", "flux_true_"))]
+        er = [c[len("flux_err_"):] for c in tab.colnames if c.startswith("flux_err_")]
+        for b in sorted(set(fl) ^ set(er)):
+            have, lack = ("flux_", "flux_err_") if b in fl else ("flux_err_", "flux_")
+            raise CatalogError(f"{source}: band {b!r} has a {have}{b} column but no {lack}{b} column")
+        bands = fl
     if not bands:
-        raise ValueError(f"{source}: no flux_<band> columns; not a popsed-jax catalog")
-    meta = json.loads(tab.meta["PSMETA"]) if "PSMETA" in tab.meta else {"source": source}
-    for b in bands:
-        for c in (f"flux_{b}", f"flux_err_{b}"):
-            _col(tab, c, f"band {b}")
-    has_ext = all(f"extinction_{b}" in tab.colnames for b in bands)
-    return Catalog(
-        flux=np.stack([np.asarray(tab[f"flux_{b}"], np.float64) for b in bands], 1),
-        flux_err=np.stack([np.asarray(tab[f"flux_err_{b}"], np.float64) for b in bands], 1),
-        bands=tuple(bands),
-        z_spec=np.asarray(tab["z_spec"], np.float64) if "z_spec" in tab.colnames else None,
-        extinction=(np.stack([np.asarray(tab[f"extinction_{b}"], np.float64)
-                              for b in bands], 1) if has_ext else None),
-        ids=np.asarray(tab["id"]) if "id" in tab.colnames else None, meta=meta)
+        raise CatalogError(f"{source}: no flux_<band> columns; not a popsed-jax catalog")
+    try:
+        meta = json.loads(tab.meta["PSMETA"]) if "PSMETA" in tab.meta else {"source": source}
+    except (TypeError, ValueError):
+        meta = {"source": source}
+    cat = read_table(tab, bands, flux_cols=[f"flux_{b}" for b in bands], err_cols=[f"flux_err_{b}" for b in bands],
+                     z_col="z_spec" if "z_spec" in tab.colnames else None, on_bad=on_bad,
+                     id_col="id" if "id" in tab.colnames else None)
+    keep = np.isin(np.asarray(tab["id"]), cat.ids) if "id" in tab.colnames and cat.n < len(tab) else None
+    ext = None
+    if all(f"extinction_{b}" in tab.colnames for b in bands):  # already applied to the fluxes: carried along
+        ext = np.stack([_col(tab, f"extinction_{b}", f"extinction of {b}") for b in bands], 1)
+        ext = ext if keep is None else ext[keep]
+    meta = {**meta, "source": meta.get("source", source), "dropped": {**meta.get("dropped", {}), **cat.meta["dropped"]}}
+    return Catalog(flux=cat.flux, flux_err=cat.flux_err, bands=cat.bands, z_spec=cat.z_spec, extinction=ext,
+                   ids=cat.ids, meta=meta)
 
 
 # --------------------------------------------------------------------------
@@ -511,7 +544,7 @@ def binned_medians(flux, flux_err, n_bins=20, min_per_bin=50):
     pos = f > 0
     n_pos = int(pos.sum())
     if n_pos < max(min_per_bin, 3):
-        raise ValueError(f"too few objects with flux > 0 ({n_pos}) to bin")
+        raise CatalogError(f"too few objects with flux > 0 ({n_pos}) to bin")
     k = int(max(1, min(n_bins, n_pos // min_per_bin)))
     lf = np.log10(f[pos])
     edges = np.quantile(lf, np.linspace(0, 1, k + 1))
@@ -627,7 +660,7 @@ def load_catalog(path, sdss: bool = False) -> Catalog:
     if is_shipped_sdss(path):
         return read_sdss_main(extra=SHIPPED_SDSS["sdss" if path is None else str(path).lower()])
     if not Path(path).exists():
-        raise FileNotFoundError(f"catalog file not found: {path}")
+        raise CatalogError(f"catalog file not found: {path}")
     if not sdss:
         from astropy.table import Table
         fmt = _guess_format(path)
