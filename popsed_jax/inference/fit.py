@@ -46,6 +46,7 @@ from ..survey.selection import select_catalog
 from . import flows
 from . import loss as loss_mod
 from .config import FitConfig
+from .prior import log_prior_ratio
 
 __all__ = [
     "FitProblem", "FitState", "prepare", "init", "make_step", "make_optimizer", "validate",
@@ -59,6 +60,8 @@ def box_bounds(cfg: FitConfig) -> tuple[np.ndarray, np.ndarray]:
     lo = np.array([PARAM_BOUNDS[n][0] for n in PARAM_NAMES], float)
     hi = np.array([PARAM_BOUNDS[n][1] for n in PARAM_NAMES], float)
     lo[0], hi[0] = cfg.z_range
+    j = PARAM_NAMES.index("logZ")
+    lo[j], hi[j] = cfg.logz_range
     return lo, hi
 
 
@@ -208,7 +211,9 @@ def _members_loss(problem: FitProblem, st, params, keys, obs_all, eps, noise_sca
     the gradient of the sum is each member's own gradient."""
     cfg = problem.cfg
     ks = jax.vmap(lambda kk: jax.random.split(kk, 3))(keys)
-    _, feats, w, _, kl = simulate_members(problem, st, params, ks[:, 0], cfg.n_sim, noise_scale)
+    theta, feats, w, _, kl = simulate_members(problem, st, params, ks[:, 0], cfg.n_sim, noise_scale)
+    if cfg.prior != "flat":  # KL(q || prior) = KL(q || p_ref) - E_q[log(prior / p_ref)]
+        kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi), axis=-1)
     idx = jax.vmap(lambda kk: jax.random.choice(kk, obs_all.shape[0], (cfg.batch_obs,), replace=False))(ks[:, 1])
 
     def one(x, y, kk, ww):

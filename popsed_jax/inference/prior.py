@@ -1,0 +1,70 @@
+"""Population priors: what the fit prefers among populations that match the photometry equally.
+
+The fit adds ``kl_weight`` x KL(q_phi || prior) to the loss. The flow starts at its reference
+density p_ref (uniform on the box; in z uniform in comoving volume with ``z_prior = "volume"``);
+a prior is p_ref times a density ratio, so KL(q || prior) = KL(q || p_ref) - E_q[log(prior / p_ref)],
+estimated from the step's own flow samples. Presets (``FitConfig.prior``):
+
+- ``"flat"``: the paper's, prior = p_ref (the box, and the volume prior in z).
+- ``"mzr"``: p_ref with log Z replaced by the stellar mass-metallicity relation of Gallazzi et
+  al. (2005, MNRAS 362, 41; SDSS DR2, BC03, Chabrier): at log M* = logM - 0.23 (formed to
+  surviving mass, ``mock.FORMED_MINUS_SURVIVING_DEX``), log Z/Zsun follows a split normal with
+  their median and their 16-84% half-widths (floored at 0.1 dex), truncated to the box. Their
+  Zsun = 0.02 is converted to the model's 0.019.
+
+Why a prior at all: with five broad bands old metal-poor populations at low z mimic metal-rich
+ones at z ~ 0.1 (docs/validation.md); the fit cannot tell them apart from the photometry, so
+without knowledge of which SEDs real galaxies have it picks look-alikes.
+"""
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import ndtr
+
+from ..physics.params import IDX, ZSUN
+from ..physics.relations import GALLAZZI05
+
+__all__ = ["PRIORS", "log_prior_ratio", "mzr_log_density", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH"]
+
+PRIORS = ("flat", "mzr")
+FORMED_TO_SURVIVING_DEX = 0.23  # median logM_formed - logM_surviving of the project's populations (mock.py)
+MZR_MIN_WIDTH = 0.1  # dex: floor of the split-normal half-widths
+_G05_TO_MODEL = math.log10(0.02 / ZSUN)  # log Z/Zsun(0.02) -> log Z/Zsun(0.019)
+
+
+def _split_normal_logpdf(x, mu, s1, s2):
+    s = jnp.where(x < mu, s1, s2)
+    return math.log(math.sqrt(2.0 / math.pi)) - jnp.log(s1 + s2) - 0.5 * ((x - mu) / s) ** 2
+
+
+def _split_normal_cdf(x, mu, s1, s2):
+    below = 2.0 * s1 / (s1 + s2) * ndtr((x - mu) / s1)
+    above = (s1 + s2 * (2.0 * ndtr((x - mu) / s2) - 1.0)) / (s1 + s2)
+    return jnp.where(x < mu, below, above)
+
+
+def mzr_log_density(log_z, log_m_formed, lo: float, hi: float):
+    """log p(logZ | logM) [per dex of logZ] of the Gallazzi+05 preset, truncated to [lo, hi]
+    (the box's logZ range, model units Zsun = 0.019). Arrays of equal shape; differentiable."""
+    dt = jnp.result_type(log_z)
+    t = jnp.asarray(GALLAZZI05, dt)
+    lm = log_m_formed - FORMED_TO_SURVIVING_DEX
+    p50 = jnp.interp(lm, t[:, 0], t[:, 1]) + _G05_TO_MODEL
+    s1 = jnp.maximum(jnp.interp(lm, t[:, 0], t[:, 1] - t[:, 2]), MZR_MIN_WIDTH)
+    s2 = jnp.maximum(jnp.interp(lm, t[:, 0], t[:, 3] - t[:, 1]), MZR_MIN_WIDTH)
+    mass = _split_normal_cdf(hi, p50, s1, s2) - _split_normal_cdf(lo, p50, s1, s2)
+    return _split_normal_logpdf(log_z, p50, s1, s2) - jnp.log(jnp.maximum(mass, 1e-30))
+
+
+def log_prior_ratio(theta, prior: str, lo, hi):
+    """log(prior / p_ref) at theta (n, 11), for the box ``lo``, ``hi`` (11,) -> (n,)."""
+    if prior == "flat":
+        return jnp.zeros(theta.shape[:-1], theta.dtype)
+    if prior == "mzr":
+        j = IDX["logZ"]
+        lz_lo, lz_hi = float(np.asarray(lo)[j]), float(np.asarray(hi)[j])
+        return mzr_log_density(theta[..., j], theta[..., IDX["logM"]], lz_lo, lz_hi) + math.log(lz_hi - lz_lo)
+    raise ValueError(f"prior must be one of {list(PRIORS)}, got {prior!r}")

@@ -1,0 +1,60 @@
+"""Population priors: normalised densities, the relation they encode, and the KL term they add."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from popsed_jax.inference import fit as fitlib
+from popsed_jax.inference.config import FitConfig
+from popsed_jax.inference.prior import log_prior_ratio, mzr_log_density
+from popsed_jax.physics.relations import gallazzi05_mzr
+from popsed_jax.survey.catalog import read_sdss_main
+
+
+@pytest.mark.parametrize("log_m_surv", [9.0, 10.5, 11.5])
+def test_mzr_density_is_normalised_on_the_box_and_peaks_at_gallazzi(log_m_surv):
+    x = np.linspace(-2.27, 0.3, 40001)
+    lp = np.asarray(mzr_log_density(jnp.asarray(x), jnp.full(x.shape, log_m_surv + 0.23), -2.27, 0.3))
+    assert np.trapezoid(np.exp(lp), x) == pytest.approx(1.0, abs=1e-4)
+    g50 = float(gallazzi05_mzr(log_m_surv)[1]) + np.log10(0.02 / 0.019)
+    assert x[np.argmax(lp)] == pytest.approx(g50, abs=1e-3)
+    # the 16-84% range (half-widths floored at 0.1 dex) holds 68.27% of the untruncated split
+    # normal, so 0.6827 / (its mass inside the box) of the truncated one
+    from scipy.stats import norm
+
+    p16, _, p84 = (float(v) + np.log10(0.02 / 0.019) for v in gallazzi05_mzr(log_m_surv))
+    s1, s2 = max(g50 - p16, 0.1), max(p84 - g50, 0.1)
+    out = (2 * s1 * norm.cdf((-2.27 - g50) / s1) + 2 * s2 * norm.sf((0.3 - g50) / s2)) / (s1 + s2)
+    top = min(g50 + s2, 0.3)
+    held = (2 * s1 * (0.5 - norm.cdf(-1.0)) + 2 * s2 * (norm.cdf((top - g50) / s2) - 0.5)) / (s1 + s2)
+    inside = (x > g50 - s1) & (x < top)
+    assert np.trapezoid(np.exp(lp) * inside, x) == pytest.approx(held / (1 - out), abs=2e-3)
+
+
+def test_flat_prior_ratio_is_zero_and_mzr_prefers_metal_rich_massive_galaxies():
+    lo, hi = fitlib.box_bounds(FitConfig(logz_range=(-2.27, 0.3)))
+    th = np.tile(np.array([0.1, 11.2, 0.5, 0.5, 0.5, 5.0, 0.1, 0.0, 0.0, 0.5, 0.5]), (2, 1))
+    th[1, 7] = -1.8  # a metal-poor massive galaxy
+    assert np.all(np.asarray(log_prior_ratio(jnp.asarray(th), "flat", lo, hi)) == 0)
+    r = np.asarray(log_prior_ratio(jnp.asarray(th), "mzr", lo, hi))
+    assert r[0] > 0 > r[1] and r[0] - r[1] > 10
+    with pytest.raises(ValueError, match="prior must be one of"):
+        log_prior_ratio(jnp.asarray(th), "gaussian", lo, hi)
+
+
+def test_mzr_prior_adds_minus_weighted_mean_log_ratio_of_the_same_samples():
+    tiny = dict(steps=12, n_sim=256, batch_obs=256, n_val=256, flow_layers=2, flow_hidden=16, flow_bins=8,
+                logz_range=(-2.27, 0.3))
+    flat = fitlib.prepare(read_sdss_main(), FitConfig(**tiny))
+    mzr = dataclasses.replace(flat, cfg=dataclasses.replace(flat.cfg, prior="mzr"))
+    one = jax.tree.map(lambda x: x[:1], fitlib.init(flat).params)
+    key = jax.random.PRNGKey(5)
+    v0 = fitlib._members_loss(flat, flat.statics, one, key[None], flat.obs_train, 0.1, 1.0)[0][0]
+    v1 = fitlib._members_loss(mzr, mzr.statics, one, key[None], flat.obs_train, 0.1, 1.0)[0][0]
+    theta = fitlib.simulate_members(flat, flat.statics, one, jax.random.split(key, 3)[0][None], 256, 1.0)[0][0]
+    expect = -flat.cfg.kl_weight * float(jnp.mean(log_prior_ratio(theta, "mzr", flat.flow_cfg.lo, flat.flow_cfg.hi)))
+    assert float(v1 - v0) == pytest.approx(expect, rel=1e-3, abs=1e-6)
