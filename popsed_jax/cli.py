@@ -120,6 +120,20 @@ def _cmd_report(a):
     print(f"popsed-jax report: {path}")
 
 
+def _cmd_posterior(a):
+    from .products.posterior import posterior_catalog
+
+    t0 = time.perf_counter()
+    t, m = posterior_catalog(a.run, a.catalog, a.out, prior=a.prior, n_bank=a.n_bank, floor=a.floor, refine=a.refine)
+    dt = time.perf_counter() - t0
+    line = (f"popsed-jax posterior: {len(t)} galaxies in {dt:.0f} s ({len(t) / dt:.0f}/s), {a.prior} prior, "
+            f"{int(t['refined'].sum())} refined (ESS < 10), {int(t['flag'].sum())} flagged")
+    if m:
+        line += (f"; photo-z vs spec-z: NMAD {m['nmad']:.4f}, bias {m['bias']:+.4f}, outliers {m['outlier_fraction']:.1%}, "
+                 f"PIT KS {m['pit_ks']:.3f}")
+    print(line)
+
+
 def _cmd_plot(a):
     from .products import science
 
@@ -229,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--area", type=float, default=None, help="survey sky area [deg^2] for a mass function in Mpc^-3 dex^-1 (the SDSS file does not record it)")
     pl.add_argument("--out", default=None, help="folder for the figures and science.json (default: the run folder)")
     pl.set_defaults(func=_cmd_plot)
+
+    po = sub.add_parser("posterior", help="every galaxy's posterior with the fitted population as prior: a catalog of "
+                                          "medians and 16-84% of z, mass, SFR, age, Z, dust, with p(z) and flags")
+    po.add_argument("run")
+    po.add_argument("catalog", nargs="?", default=None, help="catalog (default: the one the run fitted, with its limit)")
+    po.add_argument("--out", default=None, help="output table (default RUN/galaxies.fits; RUN/galaxies_plain.fits with --prior plain)")
+    po.add_argument("--prior", choices=["population", "plain"], default="population",
+                    help="the fitted population (default) or the flow's starting distribution, to see what the population buys")
+    po.add_argument("--n-bank", type=int, default=200_000, help="population samples shared by all galaxies (default 200000)")
+    po.add_argument("--floor", type=float, default=0.03, help="fractional flux error floor for model systematics (default 0.03)")
+    po.add_argument("--refine", type=int, default=4,
+                    help="galaxies with ESS < 10 are redone with this many times more bank draws added (0: off; default 4)")
+    po.set_defaults(func=_cmd_posterior)
 
     rp = sub.add_parser("report", help="one self-contained HTML page of a run (config, losses, PPC, population, science plots)")
     rp.add_argument("run")

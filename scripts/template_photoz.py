@@ -60,17 +60,19 @@ def main(argv=None):
     p.add_argument("--floor", type=float, default=0.03, help="fractional flux error floor")
     p.add_argument("--population", choices=["box", "table2"], default="box")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-nebular", action="store_true", help="stellar light only (no nebular lines and continuum)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     cat = select_catalog(catalog.load_catalog("sdss"), "r<17.77")
     idx = np.random.default_rng(a.seed).choice(cat.n, min(a.n_gal, cat.n), replace=False)
     f, e, zs = cat.flux[idx], cat.flux_err[idx], cat.z_spec[idx]
-    model = forward.build_forward_model(z_max=0.36)
+    model = forward.build_forward_model(z_max=0.36, nebular=False if a.no_nebular else None)
     th, fl = library(model, a.n_lib, a.seed + 1, a.population)
     j, chi = best_templates(f, e, fl, a.floor)
     zp = th[j, 0]
     dz = (zp - zs) / (1 + zs)
     out = dict(n_gal=int(zs.size), n_lib=int(th.shape[0]), floor=a.floor, population=a.population,
+               nebular=model.nebular_logU is not None,
                median_dz=float(np.median(dz)), nmad=float(1.4826 * np.median(np.abs(dz - np.median(dz)))),
                frac_zphot_lt_0p03_with_zspec_gt_0p06=float(np.mean((zp < 0.03) & (zs > 0.06))),
                median_chi2=float(np.median(chi)), slices=[])
@@ -78,7 +80,7 @@ def main(argv=None):
         m = (zs >= lo) & (zs < hi)
         if m.sum():
             out["slices"].append(dict(zspec_lo=lo, zspec_hi=hi, n=int(m.sum()), median_zspec=float(np.median(zs[m])), median_zphot=float(np.median(zp[m]))))
-    print(f"template photo-z ({a.population} library of {out['n_lib']}, {a.floor:.0%} floor) for {out['n_gal']} SDSS galaxies: "
+    print(f"template photo-z ({a.population} library of {out['n_lib']}, nebular {out['nebular']}, {a.floor:.0%} floor) for {out['n_gal']} SDSS galaxies: "
           f"median (zphot - zspec)/(1+z) = {out['median_dz']:+.4f}, NMAD {out['nmad']:.4f}, "
           f"{out['frac_zphot_lt_0p03_with_zspec_gt_0p06']:.1%} put below z = 0.03 with spec-z > 0.06")
     for s in out["slices"]:

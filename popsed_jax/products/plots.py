@@ -14,7 +14,7 @@ from ..physics.relations import baldry12_smf, renzini_peng15_sfms, speagle14_sfm
 from . import science
 
 __all__ = ["plot_loss_curves", "plot_ppc", "plot_corner", "plot_noise_model", "plot_mock_vs_sdss",
-           "plot_nz", "plot_smf", "plot_sfms", "plot_masses_vs_kcorrect"]
+           "plot_nz", "plot_smf", "plot_sfms", "plot_masses_vs_kcorrect", "plot_photoz"]
 
 
 def _plt():
@@ -389,3 +389,35 @@ def plot_masses_vs_kcorrect(res: dict, m_pop, m_kc, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_photoz(t, path, metrics: dict):
+    """Per-galaxy photo-z (posterior median, 16-84%) against spec-z, and the PIT histogram."""
+    plt = _plt()
+    zs, zp = np.asarray(t["z_spec"], float), np.asarray(t["z_median"], float)
+    lo, hi = np.asarray(t["z_p16"], float), np.asarray(t["z_p84"], float)
+    flag = np.asarray(t["flag"], bool)
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
+    top = float(np.nanpercentile(zs, 99.5)) * 1.1
+    ax[0].errorbar(zs[~flag], zp[~flag], yerr=[zp[~flag] - lo[~flag], hi[~flag] - zp[~flag]], fmt=".", ms=1.5, lw=0.3,
+                   alpha=0.4, color="C0", label="galaxies")
+    ax[0].plot(zs[flag], zp[flag], "x", ms=3, color="C3", label=f"flagged ({int(flag.sum())})")
+    x = np.array([0, top])
+    ax[0].plot(x, x, "k-", lw=0.8)
+    for sgn in (-1, 1):
+        ax[0].plot(x, x + sgn * 0.05 * (1 + x), "k:", lw=0.8)
+    ax[0].set(xlim=(0, top), ylim=(0, top), xlabel="spectroscopic z", ylabel="photo-z (posterior median, 16-84%)",
+              title=f"NMAD {metrics['nmad']:.4f}, bias {metrics['bias']:+.4f}, outliers {metrics['outlier_fraction']:.1%}")
+    ax[0].legend(fontsize=7)
+    h = np.asarray(metrics["pit_hist"])
+    edges = np.linspace(0, 1, h.size + 1)
+    ax[1].stairs(h, edges, color="C0", lw=1.5)
+    ax[1].axhline(1, color="k", lw=0.8)
+    ax[1].set(xlabel="PIT = P(z < z_spec)", ylabel="density / uniform", ylim=(0, max(2.0, h.max() * 1.1)),
+              title=f"PIT: KS {metrics['pit_ks']:.3f}, max departure {metrics['pit_max_departure']:.2f}")
+    fig.suptitle(f"per-galaxy posteriors, {metrics.get('prior', 'population')} prior", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+

@@ -1,0 +1,256 @@
+"""Every galaxy's posterior, with the fitted population as its prior: the per-galaxy catalog.
+
+For galaxy i with fluxes f_i (B,) and errors s_i (B,), the posterior over theta is
+p(theta | f_i) proportional to q_phi(theta) L_i(theta), with q_phi the run's population (members
+pooled) and L_i the Gaussian flux likelihood with the galaxy's own errors plus a fractional
+error floor (model systematics): s_ib^2 = err_ib^2 + (floor f_ib)^2.
+
+Method: importance sampling with the population as proposal. A bank of M parameter sets
+theta_j ~ q_phi, with their noiseless model fluxes F_j and derived quantities, is shared by
+all galaxies; w_ij is proportional to L_i(theta_j), so the weights of all galaxies are one
+(galaxies x bank) matrix of chi^2 = a_i - 2 (f_i / s_i^2) . F_j + (1 / s_i^2) . F_j^2, computed
+in chunks with two matrix products. Each galaxy keeps its ``top_k`` heaviest bank samples
+(their weight fraction is reported) for quantiles, the MAP and p(z). The effective sample
+size ESS = (sum w)^2 / sum w^2 says whether the bank resolves the posterior; a galaxy is
+flagged when ESS < ``min_ess`` or when its best chi^2 is improbable under the likelihood
+(p < ``chi2_p``: an outlier for follow-up). Bands with a non-finite flux or error, or error
+<= 0, are left out of that galaxy's likelihood.
+
+``prior="plain"`` draws the bank from the flow's starting distribution instead (uniform on
+the box, z uniform in comoving volume): what the population prior buys is the difference.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..physics.params import log_sfr
+
+__all__ = ["QUANTITIES", "posterior_bank", "bank_from_theta", "galaxy_posteriors", "photoz_metrics", "posterior_catalog", "Z_GRID_STEP"]
+
+QUANTITIES = ("z", "logM_surviving", "log_sfr_100myr", "log_ssfr_100myr", "age_mw", "logZ", "tau2")
+Z_GRID_STEP = 0.005
+
+
+def posterior_bank(run, n: int = 200_000, prior: str = "population", seed: int = 0, chunk: int = 16384) -> dict:
+    """The shared bank of a run folder: M = n parameter sets from the run's population (members
+    pooled, equal shares) or from its starting distribution (``prior="plain"``), with noiseless
+    fluxes ``flux`` (M, B) [nmgy] and the quantities of :data:`QUANTITIES` (M,) each."""
+    import jax
+
+    from ..inference import fit as fitlib
+    from ..inference import flows
+    from .runfolder import RunFolder
+
+    folder = RunFolder(run)
+    cfg = folder.read_config()
+    info = folder.read_json("run_info")
+    model = fitlib.forward_model_for(cfg, info["bands"])
+    fc = fitlib.flow_config(cfg)
+    if prior == "population":
+        params = _population_params(folder, cfg, fc)
+        k = cfg.members
+        draw = jax.jit(flows.sample_flow, static_argnums=(2, 3))
+        per = -(-n // k)
+        theta = np.concatenate([np.asarray(draw(jax.tree_util.tree_map(lambda x: x[m], params), jax.random.PRNGKey(seed + m),
+                                                per, fc)) for m in range(k)])[:n]
+    elif prior == "plain":
+        lo, hi = fitlib.box_bounds(cfg)
+        u = np.random.default_rng(seed).random((n, lo.size))
+        theta = lo + (hi - lo) * u
+        if fc.z_volume:
+            zt, F, _ = flows.volume_table(fc.lo[0], fc.hi[0])
+            theta[:, 0] = np.interp(u[:, 0], F, zt)
+    else:
+        raise ValueError(f"prior must be 'population' or 'plain', got {prior!r}")
+    return bank_from_theta(model, theta, prior, float(cfg.z_range[1]), chunk)
+
+
+def bank_from_theta(model, theta, prior: str, z_max: float, chunk: int = 16384) -> dict:
+    """A bank from given parameter sets theta (M, 11) (draws from some prior): noiseless fluxes
+    and the quantities of :data:`QUANTITIES`."""
+    import jax
+    import jax.numpy as jnp
+
+    from ..physics import forward
+
+    th = jnp.asarray(theta, jnp.float32)
+    flux = np.asarray(jax.jit(forward.forward_fluxes, static_argnames="chunk_size")(model, th, chunk_size=chunk))
+    der = {k: np.asarray(v) for k, v in jax.jit(forward.derived_quantities)(model, th).items()}
+    theta = np.asarray(theta, np.float64)
+    out = {"theta": theta, "flux": flux.astype(np.float64), "bands": tuple(model.bands), "prior": prior, "z_max": z_max}
+    cols = {**{n_: theta[:, i] for i, n_ in enumerate(forward.PARAM_NAMES)}, **der}
+    cols["log_sfr_100myr"] = log_sfr(cols["sfr_100myr"])
+    out.update({q: np.asarray(cols[q], np.float64) for q in QUANTITIES})
+    return out
+
+
+def _population_params(folder, cfg, fc):
+    import jax
+
+    from ..inference import fit as fitlib
+    from ..inference import flows
+
+    keys = jax.random.split(jax.random.PRNGKey(cfg.seed + 777), cfg.members)
+    params = jax.vmap(lambda kk: flows.init_flow(kk, fc))(keys)
+    opt = jax.vmap(fitlib.make_optimizer(cfg).init)(params)
+    ck = folder.load_latest_checkpoint(params, opt)
+    if ck is None:
+        raise FileNotFoundError(f"{folder.path} has no checkpoint: fit the run first")
+    return ck[0]
+
+
+def _weighted_quantiles(x, w, qs):
+    """Quantiles qs of samples x (G, K) with weights w (G, K) (rows summing to 1)."""
+    order = np.argsort(x, axis=1)
+    xs = np.take_along_axis(x, order, 1)
+    cw = np.cumsum(np.take_along_axis(w, order, 1), axis=1)
+    cw /= cw[:, -1:]
+    return [xs[np.arange(x.shape[0]), np.minimum((cw < q).sum(1), x.shape[1] - 1)] for q in qs]
+
+
+def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int = 2000, chunk: int = 256,
+                      min_ess: float = 10.0, chi2_p: float = 1e-3, progress: bool = True):
+    """Posterior summaries of every galaxy of ``catalog`` (a Catalog) given a bank from
+    :func:`posterior_bank`: an astropy Table with id, z_spec (if any), for each quantity q of
+    :data:`QUANTITIES` q_median, q_p16, q_p84 and q_map, p(z) on a grid (``pz``, column of
+    length n_z from z = 0 in steps meta['ZGRIDSTP']), ess, captured (the top-k weight fraction), chi2_best,
+    n_bands_used, pit (where z_spec is known) and flag."""
+    from astropy.table import Table
+    from scipy import stats
+    from tqdm.auto import tqdm
+
+    if tuple(catalog.bands) != tuple(bank["bands"]):
+        raise ValueError(f"the catalog's bands {list(catalog.bands)} differ from the run's {list(bank['bands'])}: "
+                         "the posterior needs the bands the population was fitted in, in that order")
+    F = bank["flux"]  # (M, B)
+    F2 = F**2
+    f, e = catalog.flux, catalog.flux_err
+    ok = np.isfinite(f) & np.isfinite(e) & (e > 0)
+    var = np.where(ok, e**2 + (floor * np.where(ok, f, 0.0)) ** 2, np.inf)
+    ivar = np.where(ok, 1.0 / var, 0.0)
+    fi = np.where(ok, f, 0.0) * ivar
+    a = np.sum(np.where(ok, f, 0.0) ** 2 * ivar, 1)
+    n, m = catalog.n, F.shape[0]
+    k = min(top_k, m)
+    z_grid = np.arange(0.0, bank["z_max"] + Z_GRID_STEP / 2, Z_GRID_STEP)
+    res = {q: np.empty((n, 4)) for q in QUANTITIES}
+    ess, captured, chi2_best, pz = (np.empty(n), np.empty(n), np.empty(n), np.zeros((n, z_grid.size - 1), np.float32))
+    pit = np.full(n, np.nan)
+    z_spec = catalog.z_spec
+    for s in tqdm(range(0, n, chunk), desc="posteriors", unit="chunk", disable=not progress):
+        sl = slice(s, min(s + chunk, n))
+        chi2 = a[sl, None] - 2.0 * fi[sl] @ F.T + ivar[sl] @ F2.T  # (g, M)
+        cmin = chi2.min(1)
+        logw = -0.5 * (chi2 - cmin[:, None])
+        w_all = np.exp(logw)
+        sw, sw2 = w_all.sum(1), (w_all**2).sum(1)
+        ess[sl] = sw**2 / sw2
+        idx = np.argpartition(-logw, k - 1, axis=1)[:, :k] if k < m else np.broadcast_to(np.arange(m), (chi2.shape[0], m))
+        w = np.take_along_axis(w_all, idx, 1)
+        captured[sl] = w.sum(1) / sw
+        w /= w.sum(1, keepdims=True)
+        chi2_best[sl] = cmin
+        best = idx[np.arange(idx.shape[0]), np.argmax(w, 1)]
+        for q in QUANTITIES:
+            x = bank[q][idx]
+            p16, p50, p84 = _weighted_quantiles(x, w, (0.16, 0.5, 0.84))
+            res[q][sl] = np.stack([p50, p16, p84, bank[q][best]], 1)
+        zs = bank["z"][idx]
+        bins = np.clip(np.searchsorted(z_grid, zs, side="right") - 1, 0, z_grid.size - 2)
+        for g in range(zs.shape[0]):
+            pz[s + g] = np.bincount(bins[g], weights=w[g], minlength=z_grid.size - 1)
+        if z_spec is not None:
+            pit[sl] = np.sum(w * (zs < z_spec[sl, None]), 1)
+    n_used = ok.sum(1)
+    p_chi2 = stats.chi2.sf(chi2_best, np.maximum(n_used, 1))
+    flag = (ess < min_ess) | (p_chi2 < chi2_p) | (n_used == 0)
+    t = Table()
+    t["id"] = catalog.ids
+    if z_spec is not None:
+        t["z_spec"] = z_spec
+    for q in QUANTITIES:
+        for j, suffix in enumerate(("median", "p16", "p84", "map")):
+            t[f"{q}_{suffix}"] = res[q][:, j]
+    t["pz"] = pz
+    t["ess"], t["captured"], t["chi2_best"], t["n_bands_used"] = ess, captured, chi2_best, n_used
+    t["p_chi2"] = p_chi2
+    if z_spec is not None:
+        t["pit"] = pit
+    t["flag"] = flag
+    t.meta.update(PRIOR=bank["prior"], NBANK=int(m), FLOOR=floor, TOPK=int(k), MINESS=min_ess, CHI2P=chi2_p,
+                  ZGRIDLO=0.0, ZGRIDSTP=Z_GRID_STEP, BANDS=",".join(bank["bands"]))
+    return t
+
+
+def photoz_metrics(t, outlier: float = 0.05, pit_bins: int = 10) -> dict:
+    """Photo-z against spec-z of a posterior table: NMAD = 1.48 median |dz - median dz| / (1+z)
+    (dz = z_median - z_spec), median bias dz/(1+z), outlier fraction |dz|/(1+z) > ``outlier``,
+    the PIT histogram (``pit_bins`` bins) and its departure from uniform (max |h/uniform - 1|
+    and the KS distance), over galaxies with a spec-z; flagged galaxies included and counted."""
+    from scipy import stats
+
+    zs = np.asarray(t["z_spec"], float)
+    zp = np.asarray(t["z_median"], float)
+    ok = np.isfinite(zs) & np.isfinite(zp)
+    dz = (zp[ok] - zs[ok]) / (1 + zs[ok])
+    pit = np.asarray(t["pit"], float)[ok]
+    h, _ = np.histogram(pit, np.linspace(0, 1, pit_bins + 1))
+    h = h / h.mean()
+    return dict(n=int(ok.sum()), bias=float(np.median(dz)), nmad=float(1.48 * np.median(np.abs(dz - np.median(dz)))),
+                outlier_fraction=float(np.mean(np.abs(dz) > outlier)), pit_hist=h.tolist(),
+                pit_max_departure=float(np.max(np.abs(h - 1))), pit_ks=float(stats.kstest(pit, "uniform").statistic),
+                n_flagged=int(np.sum(np.asarray(t["flag"], bool))))
+
+
+def posterior_catalog(run, catalog=None, out=None, *, prior: str = "population", n_bank: int = 200_000, floor: float = 0.03,
+                      seed: int = 0, refine: int = 4, min_ess: float = 10.0, progress: bool = True):
+    """Posteriors of every galaxy of ``catalog`` (default: the catalog the run fitted, with the
+    run's survey limit applied) with the run's population (or ``prior="plain"``) as prior:
+    writes ``out`` (default RUN/galaxies.fits, or RUN/galaxies_plain.fits) and, where the
+    catalog has spec-z, RUN/photoz[_plain].json and the photo-z figure. Returns (table, metrics or None).
+
+    Refinement: galaxies whose ESS is below ``min_ess`` are redone with ``refine`` times as many
+    further draws from the same prior added to the bank (column ``refined``); 0 switches it off."""
+    import json
+
+    from ..survey.catalog import Catalog, load_catalog
+    from ..survey.selection import select_catalog
+    from . import plots
+    from .runfolder import RunFolder
+    from .science import _resolve_catalog
+
+    folder = RunFolder(run)
+    cfg = folder.read_config()
+    if catalog is None:
+        cat = load_catalog(_resolve_catalog(folder.read_json("run_info"), folder.path))
+        cat = select_catalog(cat, cfg.limit) if cfg.limit else cat
+    else:
+        cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
+    bank = posterior_bank(folder.path, n_bank, prior=prior, seed=seed)
+    t = galaxy_posteriors(cat, bank, floor=floor, min_ess=min_ess, progress=progress)
+    t["refined"] = np.zeros(len(t), bool)
+    low = np.nonzero(np.asarray(t["ess"]) < min_ess)[0]
+    if refine and low.size:
+        from ..survey.catalog import catalog_subset
+
+        more = posterior_bank(folder.path, refine * n_bank, prior=prior, seed=seed + 1)
+        big = {k: (np.concatenate([bank[k], more[k]]) if isinstance(bank[k], np.ndarray) else bank[k]) for k in bank}
+        keep = np.zeros(cat.n, bool)
+        keep[low] = True
+        redo = galaxy_posteriors(catalog_subset(cat, keep), big, floor=floor, min_ess=min_ess, progress=progress)
+        for c in redo.colnames:
+            t[c][low] = redo[c]
+        t["refined"][low] = True
+        t.meta["NBANKREF"] = int(big["flux"].shape[0])
+    suffix = "" if prior == "population" else "_plain"
+    path = out if out is not None else folder.path / f"galaxies{suffix}.fits"
+    t.write(path, overwrite=True)
+    metrics = None
+    if "z_spec" in t.colnames and np.isfinite(np.asarray(t["z_spec"], float)).any():
+        metrics = {**photoz_metrics(t), "prior": prior, "n_bank": int(n_bank), "floor": floor,
+                   "frac_flagged": float(np.mean(np.asarray(t["flag"], bool))),
+                   "median_ess": float(np.median(np.asarray(t["ess"]))), "frac_refined": float(np.mean(t["refined"]))}
+        (folder.path / f"photoz{suffix}.json").write_text(json.dumps(metrics, indent=1))
+        plots.plot_photoz(t, folder.path / f"photoz{suffix}.png", metrics)
+    return t, metrics
+
