@@ -242,15 +242,18 @@ def posterior_catalog(run, catalog=None, out=None, *, prior: str = "population",
             t[c][low] = redo[c]
         t["refined"][low] = True
         t.meta["NBANKREF"] = int(big["flux"].shape[0])
-    suffix = "" if prior == "population" else "_plain"
-    path = out if out is not None else folder.path / f"galaxies{suffix}.fits"
+    def named(key):  # the run folder's file, with _plain before the extension for the plain prior
+        p = folder[key]
+        return p if prior == "population" else p.with_name(p.stem + "_plain" + p.suffix)
+
+    path = out if out is not None else named("galaxies")
     t.write(path, overwrite=True)
     metrics = None
     if "z_spec" in t.colnames and np.isfinite(np.asarray(t["z_spec"], float)).any():
         metrics = {**photoz_metrics(t), "prior": prior, "n_bank": int(n_bank), "floor": floor,
                    "frac_flagged": float(np.mean(np.asarray(t["flag"], bool))),
                    "median_ess": float(np.median(np.asarray(t["ess"]))), "frac_refined": float(np.mean(t["refined"]))}
-        (folder.path / f"photoz{suffix}.json").write_text(json.dumps(metrics, indent=1))
-        plots.plot_photoz(t, folder.path / f"photoz{suffix}.png", metrics)
+        named("photoz").write_text(json.dumps(metrics, indent=1))
+        plots.plot_photoz(t, named("photoz_plot"), metrics)
     return t, metrics
 

@@ -471,6 +471,21 @@ def build_report_html(run) -> str:
     if sci_body:
         sections.append(("science", "Science products", sci_body))
 
+    post_body = ""
+    for key, label in (("photoz", "population prior"), ("photoz_plain", "plain prior")):
+        pz_file = run / (FILES["photoz"] if key == "photoz" else FILES["photoz"].replace(".json", "_plain.json"))
+        if pz_file.exists():
+            m = _read_json(pz_file, False, missing, bad) or {}
+            gal = FILES["galaxies"] if key == "photoz" else FILES["galaxies"].replace(".fits", "_plain.fits")
+            rows = [(k, m.get(k)) for k in ("n", "nmad", "bias", "outlier_fraction", "pit_ks", "pit_max_departure",
+                                            "frac_flagged", "frac_refined", "median_ess") if k in m]
+            post_body += (f"<h3>{_e(label)}</h3><p>Per-galaxy table: <a href=\"{_e(gal)}\">{_e(gal)}</a> (medians, 16&ndash;84%, "
+                          "MAP of z, mass, SFR, sSFR, age, Z, dust; p(z); ESS; flags)</p>" + _kv_table(rows))
+            png = pz_file.with_suffix(".png")
+            post_body += _figure(png, f"Photo-z (posterior median) vs spec-z and the PIT histogram, {label}.", missing, bad)
+    if post_body:
+        sections.append(("posteriors", "Per-galaxy posteriors", post_body))
+
     ev_body = ""
     if evaluation is not None:
         ev_body += _section_evaluation(evaluation)
@@ -478,7 +493,7 @@ def build_report_html(run) -> str:
     if ev_body:
         sections.append(("evaluation", "Evaluation against the mock's truth", ev_body))
 
-    known = set(CORE_FIGURES) | set(SCIENCE_FIGURES) | set(EVAL_FIGURES)
+    known = set(CORE_FIGURES) | set(SCIENCE_FIGURES) | set(EVAL_FIGURES) | {FILES["photoz_plot"], "photoz_plain.png"}
     extra = sorted(p for p in run.glob("*.png") if p.name not in known)
     extra_body = "".join(_figure(p, "additional figure found in the run folder", [], bad) for p in extra)
     if extra_body:

@@ -11,6 +11,7 @@
     RUN/loss.png, ppc.png, corner.png                     fit figures
     RUN/evaluation.json, corner_vs_truth.png               ``evaluate`` against a mock's truth
     RUN/science.json, nz.png, smf.png, sfms.png, masses_vs_kcorrect.png    ``plot``
+    RUN/galaxies.fits, photoz.json, photoz.png             ``posterior`` (``_plain`` for the plain prior)
     RUN/report.html                                         ``report``
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ FILES = {
     "corner": "corner.png", "evaluation": "evaluation.json", "corner_truth": "corner_vs_truth.png",
     "science": "science.json", "nz_plot": "nz.png", "smf_plot": "smf.png", "sfms_plot": "sfms.png",
     "masses_plot": "masses_vs_kcorrect.png", "report": "report.html", "lock": ".lock",
+    "galaxies": "galaxies.fits", "photoz": "photoz.json", "photoz_plot": "photoz.png",
 }
 # the files that make a folder "a run" (a new fit refuses to mix with them)
 _RUN_MARKERS = ("run_info", "config", "summary", "checkpoints")
