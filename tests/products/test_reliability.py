@@ -42,7 +42,7 @@ def _copy(src, tmp_path, name="run"):
     return dst
 
 
-@pytest.mark.parametrize("damage", ["truncate payload", "corrupt sidecar"])
+@pytest.mark.parametrize("damage", ["truncate payload", pytest.param("corrupt sidecar", marks=pytest.mark.slow)])
 def test_damaged_newest_checkpoint_falls_back_and_finishes_identically(finished, tmp_path, damage):
     src, ref = finished
     run = _copy(src, tmp_path)
@@ -140,6 +140,7 @@ sys.exit(main(["fit", "sdss", "--out", sys.argv[1], "--config", sys.argv[2], "--
 """
 
 
+@pytest.mark.slow
 def test_sigint_stops_at_a_step_boundary_with_a_checkpoint(tmp_path):
     cfg = tmp_path / "fit.toml"
     cfg.write_text("[fit]\n" + "\n".join(f"{k} = {v}" for k, v in dict(TINY, steps=5000, checkpoint_every=2500).items()) + "\n")
@@ -171,6 +172,7 @@ for seed in (0, 1):
 """
 
 
+@pytest.mark.slow
 def test_same_seed_same_samples_in_a_fresh_process_and_other_seeds_differ(finished, tmp_path):
     subprocess.run([sys.executable, "-c", DETERMINISM_CHILD, str(tmp_path), json.dumps(TINY)], check=True)
     ref = pj.RunFolder(finished[0]).read_samples()
