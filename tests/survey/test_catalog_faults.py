@@ -16,12 +16,17 @@ def small():
     return catalog_subset(sdss, np.arange(sdss.n) < 300)
 
 
+def _damaged(cat, path, edit):
+    """Write ``cat`` to ``path``, apply ``edit`` to the table read back, write it again."""
+    write_catalog(cat, path)
+    t = Table.read(path)
+    edit(t)
+    t.write(path, overwrite=True)
+    return path
+
+
 def test_nan_flux_is_refused_naming_column_and_row_or_dropped_and_counted(small, tmp_path):
-    p = tmp_path / "c.fits"
-    write_catalog(small, p)
-    t = Table.read(p)
-    t["flux_sdss2010-g"][17] = np.nan
-    t.write(p, overwrite=True)
+    p = _damaged(small, tmp_path / "c.fits", lambda t: t["flux_sdss2010-g"].__setitem__(17, np.nan))
     with pytest.raises(CatalogError, match=r"flux_sdss2010-g.*first at row 17"):
         read_catalog(p)
     cat = read_catalog(p, on_bad="drop")
@@ -30,31 +35,21 @@ def test_nan_flux_is_refused_naming_column_and_row_or_dropped_and_counted(small,
 
 
 def test_unknown_band_column_is_refused_with_close_matches(small, tmp_path):
-    p = tmp_path / "c.csv"
-    write_catalog(small, p)
-    t = Table.read(p)
-    t.rename_column("flux_sdss2010-r", "flux_sdss2010_r")
-    t.rename_column("flux_err_sdss2010-r", "flux_err_sdss2010_r")
-    t.write(p, overwrite=True)
+    def typo(t):
+        t.rename_column("flux_sdss2010-r", "flux_sdss2010_r")
+        t.rename_column("flux_err_sdss2010-r", "flux_err_sdss2010_r")
+
     with pytest.raises(CatalogError, match=r"sdss2010_r.*close matches: sdss2010-r"):
-        read_catalog(p)
+        read_catalog(_damaged(small, tmp_path / "c.csv", typo))
 
 
 def test_missing_flux_column_of_a_band_is_named(small, tmp_path):
-    p = tmp_path / "c.csv"
-    write_catalog(small, p)
-    t = Table.read(p)
-    t.remove_column("flux_sdss2010-i")
-    t.write(p, overwrite=True)
+    drop_i = lambda t: t.remove_column("flux_sdss2010-i")  # noqa: E731
     with pytest.raises(CatalogError, match=r"band 'sdss2010-i' has a flux_err_sdss2010-i column but no flux_sdss2010-i"):
-        read_catalog(p)
-    p2 = tmp_path / "c.fits"  # with the band list in the header: the missing column is named
-    write_catalog(small, p2)
-    t = Table.read(p2)
-    t.remove_column("flux_sdss2010-i")
-    t.write(p2, overwrite=True)
+        read_catalog(_damaged(small, tmp_path / "c.csv", drop_i))
+    # with the band list in the header (FITS): the missing column is named
     with pytest.raises(CatalogError, match=r"missing column 'flux_sdss2010-i'"):
-        read_catalog(p2)
+        read_catalog(_damaged(small, tmp_path / "c.fits", drop_i))
 
 
 def test_empty_and_tiny_catalogs(small, tmp_path):
