@@ -98,10 +98,10 @@ class FitConfig:
     z_prior: str = _f("volume", "Population prior",
                       "the flow's starting redshift distribution: uniform in comoving volume (\"volume\") or in z",
                       _one_of("volume", "uniform"))
-    prior: str = _f("flat", "Population prior",
+    prior: str = _f("mzr", "Population prior",
                     "population prior of the KL term: 'flat' (the box and volume z prior) or 'mzr' (+ Gallazzi+05 "
                     "mass-metallicity relation); see popsed_jax.inference.prior", _one_of("flat", "mzr"))
-    logz_range: tuple = _f((-2.6, 0.3), "Population prior",
+    logz_range: tuple = _f((-2.27, 0.3), "Population prior",
                            "log Z/Zsun range of the prior box (BC03's grid starts at -2.28: below it the model clamps)",
                            lambda v: None if (isinstance(v, (tuple, list)) and len(v) == 2 and all(
                                isinstance(x, (int, float)) for x in v) and v[0] < v[1]) else "must be a pair (lo, hi), lo < hi")

@@ -180,12 +180,13 @@ class RunFolder:
         return p
 
     def read_config(self):
-        """The run's FitConfig. Runs written before nebular emission existed (no ``nebular``
-        key) were fitted without it, and read so."""
+        """The run's FitConfig. Keys that runs written before them lack are read as those runs
+        were fitted: no nebular emission, the flat prior, the box's logZ range of then."""
         from ..inference.config import FitConfig
 
         d = self.read_json("config")
-        d.setdefault("nebular", False)
+        for key, then in (("nebular", False), ("prior", "flat"), ("logz_range", (-2.6, 0.3))):
+            d.setdefault(key, then)
         return FitConfig.from_dict(d, source=str(self["config"]))
 
     def write_config(self, cfg) -> Path:
