@@ -107,7 +107,9 @@ def test_sharded_over_four_devices_matches_vmapped(tmp_path):
     r = json.loads(out.read_text())
     assert r["sharded_None"] is True and r["sharded_False"] is False
     # the first step sees identical parameters: its losses agree to float32 rounding
-    np.testing.assert_allclose(r["loss_False"][0], r["loss_None"][0], rtol=1e-5)
+    # (float32 matmuls of the forward model summed in another order: 7e-6 relative with stellar light
+    # only, 1.5-1.8e-5 with the nebular lines' narrow, bright cells in the SSP rows; measured 2026-12-06)
+    np.testing.assert_allclose(r["loss_False"][0], r["loss_None"][0], rtol=5e-5)
     # later steps differ only by reduction order inside the iterative Sinkhorn solve
     # (a stopping test crossed one iteration earlier or later), amplified by Adam
     np.testing.assert_allclose(r["loss_False"], r["loss_None"], rtol=2e-3)
