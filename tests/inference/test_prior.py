@@ -46,6 +46,7 @@ def test_flat_prior_ratio_is_zero_and_mzr_prefers_metal_rich_massive_galaxies():
         log_prior_ratio(jnp.asarray(th), "gaussian", lo, hi)
 
 
+@pytest.mark.slow  # compiles the members' loss (~30 s); the default suite's KL test (test_fit.py) shares the path
 def test_mzr_prior_adds_minus_weighted_mean_log_ratio_of_the_same_samples():
     tiny = dict(steps=12, n_sim=256, batch_obs=256, n_val=256, flow_layers=2, flow_hidden=16, flow_bins=8,
                 logz_range=(-2.27, 0.3), prior="flat")
