@@ -50,7 +50,7 @@ from .prior import log_prior_ratio
 
 __all__ = [
     "FitProblem", "FitState", "prepare", "init", "make_step", "make_optimizer", "validate",
-    "data_floor", "sample", "sample_prior", "observe_theta", "simulate_members", "epsilon_at",
+    "data_floor", "sample", "sample_prior", "draw_reference", "observe_theta", "simulate_members", "epsilon_at",
     "noise_scale_at", "box_bounds", "flow_config", "member_keys", "ensemble_mesh", "forward_model_for",
 ]
 
@@ -355,9 +355,9 @@ def sample(problem: FitProblem, params, n_per_member: int, seed: int = 4242) -> 
     return {kk: np.concatenate(v) for kk, v in cols.items()}
 
 
-def sample_prior(cfg: FitConfig, model, obs: Observation, n: int, seed: int = 5) -> dict[str, np.ndarray]:
-    """Draws from the flow's starting distribution (uniform on the box, or uniform in comoving
-    volume in z), observed through ``obs``; the selected rows, with derived quantities."""
+def draw_reference(cfg: FitConfig, n: int, seed: int) -> np.ndarray:
+    """n draws theta (n, 11) from the flow's starting distribution: uniform on the box, with z
+    uniform in comoving volume when ``cfg.z_prior == "volume"``."""
     fc = flow_config(cfg)
     lo, hi = box_bounds(cfg)
     u = np.random.default_rng(seed).random((n, lo.size))
@@ -365,6 +365,13 @@ def sample_prior(cfg: FitConfig, model, obs: Observation, n: int, seed: int = 5)
     if fc.z_volume:
         zt, F, _ = flows.volume_table(fc.lo[0], fc.hi[0])
         theta[:, 0] = np.interp(u[:, 0], F, zt)
+    return theta
+
+
+def sample_prior(cfg: FitConfig, model, obs: Observation, n: int, seed: int = 5) -> dict[str, np.ndarray]:
+    """Draws from the flow's starting distribution (:func:`draw_reference`), observed through
+    ``obs``; the selected rows, with derived quantities."""
+    theta = draw_reference(cfg, n, seed)
     _, sel = observe_theta(model, obs, theta, jax.random.PRNGKey(seed))
     d = theta_to_columns(theta)
     d.update({kk: np.asarray(v) for kk, v in forward.derived_quantities(model, theta).items() if kk not in d})

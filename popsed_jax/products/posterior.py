@@ -54,12 +54,7 @@ def posterior_bank(run, n: int = 200_000, prior: str = "population", seed: int =
         theta = np.concatenate([np.asarray(draw(jax.tree_util.tree_map(lambda x: x[m], params), jax.random.PRNGKey(seed + m),
                                                 per, fc)) for m in range(k)])[:n]
     elif prior == "plain":
-        lo, hi = fitlib.box_bounds(cfg)
-        u = np.random.default_rng(seed).random((n, lo.size))
-        theta = lo + (hi - lo) * u
-        if fc.z_volume:
-            zt, F, _ = flows.volume_table(fc.lo[0], fc.hi[0])
-            theta[:, 0] = np.interp(u[:, 0], F, zt)
+        theta = fitlib.draw_reference(cfg, n, seed)
     else:
         raise ValueError(f"prior must be 'population' or 'plain', got {prior!r}")
     return bank_from_theta(model, theta, prior, float(cfg.z_range[1]), chunk)
