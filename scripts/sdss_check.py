@@ -39,14 +39,17 @@ def scorecard(run) -> dict:
     z = np.asarray(tab["z"])[sel]
     info = folder.read_json("run_info")
     cat = select_catalog(load_catalog(info["catalog"]), cfg.limit) if cfg.limit else load_catalog(info["catalog"])
-    gi, ri = cat.bands.index("sdss2010-g"), cat.bands.index("sdss2010-r")
+    # the run's own g and r (sdss2001-* now, speclite's sdss2010-* in runs made before)
+    g_run, r_run = (next(b for b in info["bands"] if b.endswith(s)) for s in ("-g", "-r"))
+    gi, ri = (next(i for i, b in enumerate(cat.bands) if b.endswith(s)) for s in ("-g", "-r"))
     gr_cat = flux_to_mag(cat.flux[:, gi]) - flux_to_mag(cat.flux[:, ri])
-    gr_pop = flux_to_mag(np.asarray(tab["flux_sdss2010-g"])[sel]) - flux_to_mag(np.asarray(tab["flux_sdss2010-r"])[sel])
+    gr_pop = flux_to_mag(np.asarray(tab[f"flux_{g_run}"])[sel]) - flux_to_mag(np.asarray(tab[f"flux_{r_run}"])[sel])
     zs = cat.z_spec
     out = dict(run=str(run), nebular=cfg.nebular, seed=cfg.seed, val_over_floor=summary["val_over_floor"],
                nz_w1=sci["nz"]["w1"], median_z=sci["nz"]["median_pop"], median_z_spec=sci["nz"]["median_spec"],
                frac_z_below_003=float(np.mean(z < 0.03)), frac_z_below_003_spec=float(np.mean(zs < 0.03)),
                frac_z_top_box=float(np.mean(z > cfg.z_range[0] + 0.9 * (cfg.z_range[1] - cfg.z_range[0]))))
+    out["bands"] = list(info["bands"])
     for name, pm, cm in (("blue", gr_pop < GR_CUT, gr_cat < GR_CUT), ("red", gr_pop >= GR_CUT, gr_cat >= GR_CUT)):
         out[f"median_z_{name}"] = float(np.median(z[pm]))
         out[f"median_z_{name}_spec"] = float(np.median(zs[cm]))

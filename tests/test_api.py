@@ -53,7 +53,7 @@ def test_tour_forward_and_mock_from_top_level_names():
     brighter[0, 1] += 1.0
     np.testing.assert_allclose(np.asarray(pj.forward_fluxes(model, brighter)), 10 * flux, rtol=1e-5)
     mock = pj.draw_mock(50, seed=1, model=pj.build_forward_model(filters=pj.SDSS_UGRIZ, z_max=0.4))
-    assert len(mock) == 50 and np.all(22.5 - 2.5 * np.log10(np.asarray(mock["flux_sdss2010-r"])) < 17.77)
+    assert len(mock) == 50 and np.all(22.5 - 2.5 * np.log10(np.asarray(mock["flux_sdss2001-r"])) < 17.77)
     cat = pj.mock_to_catalog(mock)
     assert isinstance(cat, pj.Catalog) and cat.n == 50
 

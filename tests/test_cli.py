@@ -26,7 +26,7 @@ def test_forward_cli_writes_fluxes(tmp_path, model):
     assert main(["forward", str(tmp_path / "p.fits"), "--out", str(tmp_path / "o.ecsv"), "--derived"]) == 0
     out = Table.read(tmp_path / "o.ecsv")
     for b in ("u", "g", "r", "i", "z"):
-        assert f"flux_sdss2010-{b}" in out.colnames
+        assert f"flux_sdss2001-{b}" in out.colnames
     assert "sfr_100myr" in out.colnames and "logM" in out.colnames
     ref = np.asarray(forward_fluxes(model, theta_from_columns(t)))
     got = np.stack([out[f"flux_{b}"] for b in model.bands], -1)
@@ -35,7 +35,7 @@ def test_forward_cli_writes_fluxes(tmp_path, model):
 
 def test_forward_cli_errors_name_the_fault(tmp_path, capsys):
     t = _params(tmp_path / "p.fits")
-    assert main(["forward", str(tmp_path / "p.fits"), "--filters", "sdss2010-r,bogus-x", "--out", str(tmp_path / "o.fits")]) == 2
+    assert main(["forward", str(tmp_path / "p.fits"), "--filters", "sdss2001-r,bogus-x", "--out", str(tmp_path / "o.fits")]) == 2
     assert "bogus-x" in capsys.readouterr().err
     t.remove_column("tau2")
     t.write(tmp_path / "q.fits", overwrite=True)
@@ -54,7 +54,7 @@ def test_catalog_info_cli(capsys):
 
     assert main(["catalog", "info", str(default_sdss_path())]) == 0
     out = capsys.readouterr().out
-    assert "10000" in out and "sdss2010-r" in out and "depth" in out
+    assert "10000" in out and "sdss2001-r" in out and "depth" in out
 
 
 def test_plot_refuses_a_negative_area(tmp_path, capsys):

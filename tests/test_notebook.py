@@ -87,7 +87,7 @@ def test_mock_obeys_the_survey_limit(executed):
 
     _, files, _ = executed
     mock = Table.read(files / "mock.fits")
-    r = 22.5 - 2.5 * np.log10(np.asarray(mock["flux_sdss2010-r"]))
+    r = 22.5 - 2.5 * np.log10(np.asarray(mock["flux_sdss2001-r"]))
     assert len(mock) >= 500 and np.all(r < 17.77)  # selection is on the noisy flux the catalog holds
     # the selected galaxies are a biased subset of the volume-weighted population: nearer than its median z
     from popsed_jax.survey.mock import sample_z_volume

@@ -21,7 +21,7 @@ import numpy as np
 __all__ = [
     "ZP_NMGY", "F0_NMGY", "AB0_LSUN_HZ", "SDSS_UGRIZ", "DEFAULT_FILTERS",
     "mag_to_flux", "flux_to_mag", "magerr_to_fluxerr", "filter_names", "validate_filter_names",
-    "load_filter_curves", "filter_support", "filter_matrix",
+    "load_filter_curves", "speclite_filters", "filter_support", "filter_matrix",
 ]
 
 # --------------------------------------------------------------------------
@@ -30,7 +30,12 @@ __all__ = [
 ZP_NMGY = 22.5  # AB magnitude of 1 nanomaggy
 F0_NMGY = 10.0 ** (0.4 * ZP_NMGY)  # 1 maggie in nanomaggies (1e9)
 AB0_LSUN_HZ = 1.13492e-13  # 3631 Jy at 10 pc [Lsun/Hz] (DSPS's AB0)
-SDSS_UGRIZ = ("sdss2010-u", "sdss2010-g", "sdss2010-r", "sdss2010-i", "sdss2010-z")
+# SDSS ugriz: the 2.5m imager's responses at 1.3 airmasses as measured in 2001 (shipped in
+# popsed_jax/data/filters, from kcorrect), the curves the SDSS -> AB offsets (u -0.04, z +0.02)
+# and kcorrect were derived with. speclite's later in-situ measurement, 'sdss2010-*' (Doi et al.
+# 2010), has a u band 34 A redder: old populations come out 0.04-0.11 mag bluer in u - g, and
+# the SDSS population fit places red galaxies ~0.015 too near (docs/physics.md#filter-curves).
+SDSS_UGRIZ = ("sdss2001-u", "sdss2001-g", "sdss2001-r", "sdss2001-i", "sdss2001-z")
 DEFAULT_FILTERS = SDSS_UGRIZ  # the forward model's and the mock's default bands
 
 
@@ -52,10 +57,18 @@ def magerr_to_fluxerr(flux, mag_err):
 
 
 @functools.lru_cache(maxsize=1)
+def _project_filter_files() -> dict:
+    """Filter curves shipped with popsed-jax (name -> path): the SDSS 2001 responses."""
+    root = resources.files("popsed_jax").joinpath("data").joinpath("filters")
+    return {p.name[:-5]: str(p) for p in root.iterdir() if p.name.endswith(".ecsv")}
+
+
 def filter_names() -> tuple:
-    """All filter names shipped with speclite, e.g. 'sdss2010-r'."""
+    """All known filter names: speclite's (e.g. 'sdss2010-r') and popsed-jax's own
+    ('sdss2001-u' ... 'sdss2001-z', the curves the SDSS AB offsets were derived with)."""
     root = resources.files("speclite").joinpath("data").joinpath("filters")
-    return tuple(sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".ecsv")))
+    names = {p.name[:-5] for p in root.iterdir() if p.name.endswith(".ecsv")}
+    return tuple(sorted(names | set(_project_filter_files())))
 
 
 def _close_matches(name) -> list:
@@ -65,25 +78,27 @@ def _close_matches(name) -> list:
 
 
 def validate_filter_names(names) -> tuple:
-    """Check names against speclite (or existing .ecsv files); ValueError lists close matches."""
+    """Check names against the known filters (or existing .ecsv files); ValueError lists close matches."""
     known = filter_names()
     for name in names:
         if name in known or (str(name).endswith(".ecsv") and os.path.exists(name)):
             continue
         close = _close_matches(name)
         raise ValueError(
-            f"unknown filter name {name!r}: not a speclite filter"
+            f"unknown filter name {name!r}: not a speclite or popsed-jax filter"
             + (f"; close matches: {', '.join(close)}" if close else "")
             + "; see speclite.filters.filter_group_names for groups")
     return tuple(names)
 
 
 def load_filter_curves(names) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Load speclite filters by name -> list of (name, wavelength [A], response).
+    """Load filters by name -> list of (name, wavelength [A], response per photon).
 
+    Names are speclite's, popsed-jax's own (``sdss2001-*``) or paths of speclite .ecsv files.
     An item may also be a (name, wavelength, response) tuple, used as it is."""
     import speclite.filters as sf
 
+    own = _project_filter_files()
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     out = []
@@ -92,12 +107,22 @@ def load_filter_curves(names) -> list[tuple[str, np.ndarray, np.ndarray]]:
             out.append((n[0], np.asarray(n[1], float), np.asarray(n[2], float)))
             continue
         try:
-            f = sf.load_filter(n)
+            f = sf.load_filter(own.get(n, n))
         except Exception as err:  # speclite raises ValueError/RuntimeError/FileNotFoundError
             close = _close_matches(n)
             raise ValueError(f"unknown filter {n!r}" + (f"; did you mean {', '.join(close)}?" if close else "")) from err
         out.append((n, np.asarray(f.wavelength, float), np.asarray(f.response, float)))
     return out
+
+
+def speclite_filters(names):
+    """A speclite FilterSequence of the named filters (speclite's or popsed-jax's own), for
+    speclite's tools (effective wavelengths, AB magnitudes of spectra)."""
+    import speclite.filters as sf
+
+    own = _project_filter_files()
+    validate_filter_names(names)
+    return sf.load_filters(*[own.get(n, n) for n in names])
 
 
 def filter_support(curves) -> tuple[float, float]:

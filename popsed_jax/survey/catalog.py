@@ -5,7 +5,7 @@ Conventions
 * Fluxes are AB nanomaggies (``m = 22.5 - 2.5 log10(f)``), corrected for
   Galactic extinction, float64, shape ``(N, B)``.
 * Errors are 1-sigma flux errors in nanomaggies, finite and strictly positive.
-* Bands are full ``speclite`` filter names (``'sdss2010-r'``, ``'twomass-Ks'``,
+* Bands are full filter names, speclite's or popsed-jax's own (``'sdss2001-r'``, ``'twomass-Ks'``,
   ``'galex-nuv'``...).
 * Bad rows are either refused with a ``ValueError`` naming the column, band and
   value at fault, or (``on_bad='drop'``) dropped and counted in

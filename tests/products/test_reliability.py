@@ -178,7 +178,7 @@ def test_same_seed_same_samples_in_a_fresh_process_and_other_seeds_differ(finish
     ref = pj.RunFolder(finished[0]).read_samples()
     same = pj.RunFolder(tmp_path / "seed0").read_samples()
     other = pj.RunFolder(tmp_path / "seed1").read_samples()
-    for c in ("z", "logM", "logZ", "flux_sdss2010-r", "selected"):
+    for c in ("z", "logM", "logZ", "flux_sdss2001-r", "selected"):
         np.testing.assert_array_equal(np.asarray(same[c]), np.asarray(ref[c]))
         assert not np.array_equal(np.asarray(other[c]), np.asarray(ref[c])) or c == "selected"
 

@@ -40,7 +40,7 @@ def _make_run(tmp_path: Path, figures=("loss.png", "ppc.png", "corner.png")) -> 
     }
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "run_info.json").write_text(json.dumps({"catalog": "sdss <main>", "n_catalog": 10000,
-                                                    "bands": ["sdss2010-u", "sdss2010-g", "sdss2010-r"]}))
+                                                    "bands": ["sdss2001-u", "sdss2001-g", "sdss2001-r"]}))
     for f in figures:
         _png(run / f, f)
     return run

@@ -135,8 +135,8 @@ def test_run_fit_end_to_end_tiny(tmp_path):
     assert s["steps"] == 6 and np.all(np.isfinite(s["val_divergence"])) and s["data_floor"] > 0
     tab = folder.read_samples()
     assert len(tab) == 600 and set(pj.PARAM_NAMES) <= set(tab.colnames)
-    assert {"selected", "member", "logM_surviving", "flux_sdss2010-r"} <= set(tab.colnames)
+    assert {"selected", "member", "logM_surviving", "flux_sdss2001-r"} <= set(tab.colnames)
     np.testing.assert_array_equal(np.asarray(tab["z"]), np.asarray(res["samples"]["z"]))
     again = pj.run_fit("sdss", cfg, tmp_path / "run", resume=True, n_samples=600, progress=False)
     np.testing.assert_array_equal(np.asarray(again["samples"]["logM"]), np.asarray(tab["logM"]))
-    np.testing.assert_array_equal(np.asarray(again["samples"]["flux_sdss2010-r"]), np.asarray(tab["flux_sdss2010-r"]))
+    np.testing.assert_array_equal(np.asarray(again["samples"]["flux_sdss2001-r"]), np.asarray(tab["flux_sdss2001-r"]))

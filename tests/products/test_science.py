@@ -18,7 +18,7 @@ from popsed_jax.inference.config import FitConfig
 from popsed_jax.products import plots
 from popsed_jax.physics.forward import IDX, derived_quantities, forward_fluxes, forward_mags
 
-R = 2  # index of sdss2010-r in the default filters
+R = 2  # index of sdss2001-r in the default filters
 LIM = 17.77
 
 

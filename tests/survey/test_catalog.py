@@ -7,7 +7,7 @@ from popsed_jax.cli import main
 from popsed_jax.physics import photometry
 from popsed_jax.survey import catalog as C
 
-UGRIZ = tuple(f"sdss2010-{b}" for b in "ugriz")
+UGRIZ = tuple(f"sdss2001-{b}" for b in "ugriz")
 
 
 @pytest.fixture(scope="module")
@@ -130,19 +130,19 @@ def test_read_table_units_and_magnitudes(sdss, flux_table):
         with np.errstate(invalid="ignore"):
             m[f"{b}_flux"] = photometry.flux_to_mag(sdss.flux[:, k])
         m[f"{b}_err"] = 2.5 / np.log(10) * sdss.flux_err[:, k] / np.abs(sdss.flux[:, k])
-    with pytest.raises(ValueError, match="sdss2010-u.*u_flux"):
+    with pytest.raises(ValueError, match="sdss2001-u.*u_flux"):
         C.read_table(m, **_bands_cols(), unit="mag")
     cm = C.read_table(m, **_bands_cols(), unit="mag", on_bad="drop")
-    assert cm.meta["dropped"] == {"sdss2010-u: non-finite magnitude in u_flux": 12}
+    assert cm.meta["dropped"] == {"sdss2001-u: non-finite magnitude in u_flux": 12}
     keep = (sdss.flux > 0).all(1)
     assert np.allclose(cm.flux, sdss.flux[keep], rtol=1e-12)
     assert np.allclose(cm.flux_err, sdss.flux_err[keep], rtol=1e-12)
 
 
 @pytest.mark.parametrize("col,row,value,band", [
-    ("g_flux", 7, np.nan, "sdss2010-g"),
-    ("r_err", 3, 0.0, "sdss2010-r"),
-    ("z_err", 11, -0.5, "sdss2010-z"),
+    ("g_flux", 7, np.nan, "sdss2001-g"),
+    ("r_err", 3, 0.0, "sdss2001-r"),
+    ("z_err", 11, -0.5, "sdss2001-z"),
 ])
 def test_bad_values_raise_naming_them(flux_table, col, row, value, band):
     t = flux_table.copy()
@@ -160,8 +160,8 @@ def test_on_bad_drop_counts_per_reason(flux_table):
     t["r_err"][[3, 9]] = [0.0, -1.0]  # row 9 is bad twice: counted once (g first)
     cat = C.read_table(t, **_bands_cols(), on_bad="drop")
     assert cat.n == len(t) - 3
-    assert cat.meta["dropped"] == {"sdss2010-g: non-finite flux in g_flux": 2,
-                                   "sdss2010-r: error <= 0 in r_err": 1}
+    assert cat.meta["dropped"] == {"sdss2001-g: non-finite flux in g_flux": 2,
+                                   "sdss2001-r: error <= 0 in r_err": 1}
     assert not np.isin([3, 7, 9], cat.ids).any()
     t["i_err"][:] = 0.0
     with pytest.raises(ValueError, match="no rows left"):
@@ -175,9 +175,9 @@ def test_structural_errors(flux_table):
                                                         "i_flux", "z_flux"]})
     with pytest.raises(ValueError, match="3 entries for 5 bands"):
         C.read_table(flux_table, **{**kw, "err_cols": ["u_err", "g_err", "r_err"]})
-    with pytest.raises(ValueError, match="'sdss-r'.*sdss2010-r"):
-        C.read_table(flux_table, **{**kw, "bands": ["sdss2010-u", "sdss2010-g", "sdss-r",
-                                                    "sdss2010-i", "sdss2010-z"]})
+    with pytest.raises(ValueError, match="'sdss-r'.*sdss2001-r"):
+        C.read_table(flux_table, **{**kw, "bands": ["sdss2001-u", "sdss2001-g", "sdss-r",
+                                                    "sdss2001-i", "sdss2001-z"]})
     with pytest.raises(ValueError, match="'hsc2017-q'"):
         photometry.validate_filter_names(["hsc2017-q"])
     with pytest.raises(ValueError, match="empty table"):
@@ -197,11 +197,11 @@ def test_ivar_columns_and_band_dict(sdss, flux_table):
 
 def test_empty_selection_raises(sdss):
     from popsed_jax.survey.selection import select_catalog
-    with pytest.raises(ValueError, match=r"empty selection: 'r<5'.*sdss2010-r.*0 of 10000"):
+    with pytest.raises(ValueError, match=r"empty selection: 'r<5'.*sdss2001-r.*0 of 10000"):
         select_catalog(sdss, "r<5")
     sel = select_catalog(sdss, "r<16")
     assert 0 < sel.n < sdss.n
-    assert sel.meta["dropped"]["selection: not sdss2010-r < 16.0"] == sdss.n - sel.n
+    assert sel.meta["dropped"]["selection: not sdss2001-r < 16.0"] == sdss.n - sel.n
 
 
 # ----------------------------------------------------------------- summaries
@@ -223,14 +223,14 @@ def _catalog_info(capsys, path):
 def test_summary_and_info(sdss, tmp_path, capsys):
     d = C.catalog_summary(sdss)
     assert d["n"] == 10000 and d["frac_z_spec"] == 1.0
-    u = d["per_band"]["sdss2010-u"]
+    u = d["per_band"]["sdss2001-u"]
     # u has objects near S/N 5: its depth is measured, not extrapolated
     assert u["depth_method"] == "median error at 3<S/N<7"
     for b, p in d["per_band"].items():
         # 5-sigma depth fainter than the median object, brighter than SDSS ~23
         assert p["median_mag"] + 1 < p["depth_5sigma_mag"] < 23.5, (b, p)
     # main-sample r is bright: median r (model) ~ 16.7
-    assert 16.4 < d["per_band"]["sdss2010-r"]["median_mag"] < 17.0
+    assert 16.4 < d["per_band"]["sdss2001-r"]["median_mag"] < 17.0
     text = C.format_summary(d)
     assert all(b in text for b in UGRIZ) and "objects: 10000" in text
     with C.resources.as_file(C.default_sdss_path()) as p:

@@ -26,29 +26,29 @@ def _damaged(cat, path, edit):
 
 
 def test_nan_flux_is_refused_naming_column_and_row_or_dropped_and_counted(small, tmp_path):
-    p = _damaged(small, tmp_path / "c.fits", lambda t: t["flux_sdss2010-g"].__setitem__(17, np.nan))
-    with pytest.raises(CatalogError, match=r"flux_sdss2010-g.*first at row 17"):
+    p = _damaged(small, tmp_path / "c.fits", lambda t: t["flux_sdss2001-g"].__setitem__(17, np.nan))
+    with pytest.raises(CatalogError, match=r"flux_sdss2001-g.*first at row 17"):
         read_catalog(p)
     cat = read_catalog(p, on_bad="drop")
-    assert cat.n == small.n - 1 and cat.meta["dropped"] == {"sdss2010-g: non-finite flux in flux_sdss2010-g": 1}
+    assert cat.n == small.n - 1 and cat.meta["dropped"] == {"sdss2001-g: non-finite flux in flux_sdss2001-g": 1}
     assert 17 not in set(cat.ids.tolist()) or cat.ids.tolist() != small.ids.tolist()
 
 
 def test_unknown_band_column_is_refused_with_close_matches(small, tmp_path):
     def typo(t):
-        t.rename_column("flux_sdss2010-r", "flux_sdss2010_r")
-        t.rename_column("flux_err_sdss2010-r", "flux_err_sdss2010_r")
+        t.rename_column("flux_sdss2001-r", "flux_sdss2001_r")
+        t.rename_column("flux_err_sdss2001-r", "flux_err_sdss2001_r")
 
-    with pytest.raises(CatalogError, match=r"sdss2010_r.*close matches: sdss2010-r"):
+    with pytest.raises(CatalogError, match=r"sdss2001_r.*close matches: sdss2001-r"):
         read_catalog(_damaged(small, tmp_path / "c.csv", typo))
 
 
 def test_missing_flux_column_of_a_band_is_named(small, tmp_path):
-    drop_i = lambda t: t.remove_column("flux_sdss2010-i")  # noqa: E731
-    with pytest.raises(CatalogError, match=r"band 'sdss2010-i' has a flux_err_sdss2010-i column but no flux_sdss2010-i"):
+    drop_i = lambda t: t.remove_column("flux_sdss2001-i")  # noqa: E731
+    with pytest.raises(CatalogError, match=r"band 'sdss2001-i' has a flux_err_sdss2001-i column but no flux_sdss2001-i"):
         read_catalog(_damaged(small, tmp_path / "c.csv", drop_i))
     # with the band list in the header (FITS): the missing column is named
-    with pytest.raises(CatalogError, match=r"missing column 'flux_sdss2010-i'"):
+    with pytest.raises(CatalogError, match=r"missing column 'flux_sdss2001-i'"):
         read_catalog(_damaged(small, tmp_path / "c.fits", drop_i))
 
 

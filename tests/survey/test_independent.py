@@ -81,7 +81,7 @@ def test_physical_range_and_luminosity_correlation(sdss_sub, base):
     dm = base["logM_formed_kc"][ok] - logm
     assert np.all(dm >= 0) and np.all(dm < 0.4)
     # absolute r magnitude computed independently of kcorrect (no K-correction)
-    m_r = 22.5 - 2.5 * np.log10(sdss_sub.flux[ok, sdss_sub.bands.index("sdss2010-r")])
+    m_r = 22.5 - 2.5 * np.log10(sdss_sub.flux[ok, sdss_sub.bands.index("sdss2001-r")])
     abs_r = m_r - Planck15.distmod(sdss_sub.z_spec[ok]).value
     assert spearmanr(abs_r, logm).statistic < -0.8
 

@@ -121,10 +121,10 @@ def test_plot_noise_model(model, sdss, tmp_path):
 # ----------------------------------------------------------------- selection
 
 def test_parse_limit():
-    bands = tuple(f"sdss2010-{b}" for b in "ugriz")
-    assert selection.parse_limit("r<17.77", bands) == ("sdss2010-r", 17.77)
-    assert selection.parse_limit(" r <= 17.5 ", bands) == ("sdss2010-r", 17.5)
-    assert selection.parse_limit("sdss2010-z<20") == ("sdss2010-z", 20.0)
+    bands = tuple(f"sdss2001-{b}" for b in "ugriz")
+    assert selection.parse_limit("r<17.77", bands) == ("sdss2001-r", 17.77)
+    assert selection.parse_limit(" r <= 17.5 ", bands) == ("sdss2001-r", 17.5)
+    assert selection.parse_limit("sdss2001-z<20") == ("sdss2001-z", 20.0)
     with pytest.raises(ValueError, match="'q' not among"):
         selection.parse_limit("q<17", bands)
     with pytest.raises(ValueError, match="cannot parse"):
