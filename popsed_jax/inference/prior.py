@@ -8,9 +8,11 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
 - ``"flat"``: the paper's, prior = p_ref (the box, and the volume prior in z).
 - ``"mzr"``: p_ref with log Z replaced by the stellar mass-metallicity relation of Gallazzi et
   al. (2005, MNRAS 362, 41; SDSS DR2, BC03, Chabrier): at log M* = logM - 0.23 (formed to
-  surviving mass, ``mock.FORMED_MINUS_SURVIVING_DEX``), log Z/Zsun follows a split normal with
-  their median and their 16-84% half-widths (floored at 0.1 dex), truncated to the box. Their
-  Zsun = 0.02 is converted to the model's 0.019.
+  surviving mass, ``mock.FORMED_MINUS_SURVIVING_DEX``), log Z/Zsun follows two half-normals
+  joined at their median, each holding half the probability, with widths their 16-50% and 50-84%
+  ranges (floored at 0.1 dex): so the prior's 16, 50 and 84% points are theirs. Truncated to the
+  box. Their Zsun = 0.02 is converted to the model's 0.019. (Until 0.2.0 a continuous split
+  normal peaking at their median was used; its median sat up to 0.08 dex below theirs.)
 
 Why a prior at all: with five broad bands old metal-poor populations at low z mimic metal-rich
 ones at z ~ 0.1 (docs/validation.md); the fit cannot tell them apart from the photometry, so
@@ -35,15 +37,15 @@ MZR_MIN_WIDTH = 0.1  # dex: floor of the split-normal half-widths
 _G05_TO_MODEL = math.log10(0.02 / ZSUN)  # log Z/Zsun(0.02) -> log Z/Zsun(0.019)
 
 
-def _split_normal_logpdf(x, mu, s1, s2):
+def _two_half_normals_logpdf(x, mu, s1, s2):
+    """log density of half N(mu, s1) below mu and half N(mu, s2) above it (each half weight 1/2):
+    mu is the median, mu - s1 the 15.87% point and mu + s2 the 84.13% point."""
     s = jnp.where(x < mu, s1, s2)
-    return math.log(math.sqrt(2.0 / math.pi)) - jnp.log(s1 + s2) - 0.5 * ((x - mu) / s) ** 2
+    return -0.5 * math.log(2.0 * math.pi) - jnp.log(s) - 0.5 * ((x - mu) / s) ** 2
 
 
-def _split_normal_cdf(x, mu, s1, s2):
-    below = 2.0 * s1 / (s1 + s2) * ndtr((x - mu) / s1)
-    above = (s1 + s2 * (2.0 * ndtr((x - mu) / s2) - 1.0)) / (s1 + s2)
-    return jnp.where(x < mu, below, above)
+def _two_half_normals_cdf(x, mu, s1, s2):
+    return ndtr((x - mu) / jnp.where(x < mu, s1, s2))
 
 
 def mzr_log_density(log_z, log_m_formed, lo: float, hi: float):
@@ -55,8 +57,8 @@ def mzr_log_density(log_z, log_m_formed, lo: float, hi: float):
     p50 = jnp.interp(lm, t[:, 0], t[:, 1]) + _G05_TO_MODEL
     s1 = jnp.maximum(jnp.interp(lm, t[:, 0], t[:, 1] - t[:, 2]), MZR_MIN_WIDTH)
     s2 = jnp.maximum(jnp.interp(lm, t[:, 0], t[:, 3] - t[:, 1]), MZR_MIN_WIDTH)
-    mass = _split_normal_cdf(hi, p50, s1, s2) - _split_normal_cdf(lo, p50, s1, s2)
-    return _split_normal_logpdf(log_z, p50, s1, s2) - jnp.log(jnp.maximum(mass, 1e-30))
+    mass = _two_half_normals_cdf(hi, p50, s1, s2) - _two_half_normals_cdf(lo, p50, s1, s2)
+    return _two_half_normals_logpdf(log_z, p50, s1, s2) - jnp.log(jnp.maximum(mass, 1e-30))
 
 
 def log_prior_ratio(theta, prior: str, lo, hi):
