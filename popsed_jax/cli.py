@@ -144,15 +144,18 @@ def _cmd_plot(a):
 
 def _add_mock_parser(subparsers):
     """Register ``popsed-jax mock`` on an argparse subparsers object."""
-    p = subparsers.add_parser("mock", help="mock catalog: Table-2 population observed with a noise model and a flux limit")
+    p = subparsers.add_parser("mock", help="mock catalog: a mock population (Table 2 or 'physical') observed with a noise model and a flux limit")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--params", metavar="TABLE", help="table of parameters to observe (skips the prior)")
-    g.add_argument("--n", type=int, help="number of selected galaxies to draw from the Table-2 prior")
+    g.add_argument("--n", type=int, help="number of selected galaxies to draw from the population (--population)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--filters", default=",".join(SDSS_UGRIZ), help="comma-separated speclite names (default SDSS ugriz)")
     p.add_argument("--noise-model", metavar="JSON", default=None, help="noise model JSON (default: fit to the SDSS main sample)")
     p.add_argument("--limit", default="r<17.77", help="selection on the noisy flux, e.g. 'r<17.77'; 'none' for no cut")
     p.add_argument("--all", action="store_true", help="keep unselected rows, with a 'selected' column")
+    p.add_argument("--population", choices=("table2", "physical"), default="table2",
+                   help="population: 'table2' (the paper's Table 2; default) or 'physical' (Gallazzi+05 metallicities, "
+                        "Peng+10 quenched fraction, Speagle+14 main sequence, Garn & Best 2010 dust; see survey.mock)")
     p.add_argument("--zlogm", choices=("sdss", "volume"), default="volume",
                    help="(z, logM) population: 'volume' (volume-weighted z, Baldry+12 masses; default) or "
                         "'sdss' (pairs from the SDSS main sample: spec-z, kcorrect masses; the paper's recipe)")
@@ -171,7 +174,8 @@ def _cmd_mock(args):
     params = Table.read(args.params) if args.params else None
     tab = draw_mock(args.n, seed=args.seed, filters=args.filters, noise_model=args.noise_model,
                     limit=limit, params_table=params, return_all=args.all, progress=True,
-                    zlogm_sampler=None if params is not None else ZLOGM_SAMPLERS[args.zlogm]())
+                    zlogm_sampler=None if params is not None else ZLOGM_SAMPLERS[args.zlogm](),
+                    population=args.population)
     fmt = _guess_format(args.out)
     kw = dict(path="catalog", serialize_meta=True) if fmt == "hdf5" else {}
     tab.write(args.out, format=fmt, overwrite=True, **kw)

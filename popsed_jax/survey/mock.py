@@ -1,4 +1,4 @@
-"""Mock surveys: the paper's Table-2 population, observed like the SDSS main sample.
+"""Mock surveys: the paper's Table-2 population or a "physical" one, observed like the SDSS main sample.
 
 Population (docs/design.md section 2, the paper's Table 2; TN(mu, sd) on [lo, hi] is a
 normal truncated to the interval)::
@@ -23,6 +23,19 @@ is a *volume-weighted, non-evolving* population, independent in z and mass:
   from ``forward.derived_quantities`` over Table-2 draws (5000 draws, z in [0.02, 0.3]:
   median 0.226, mean 0.225, sd 0.013, 5-95% 0.204-0.241; re-measure with
   :func:`measure_formed_minus_surviving`; a test keeps the two in step), truncated to [8.0, 12.5].
+
+Physical preset (``draw_mock(..., population="physical")``, ``popsed-jax mock --population
+physical``; :func:`sample_physical`): the same (z, logM), but metallicity, SFH and dust follow
+published relations instead of mass-independent Table-2 marginals. At log M* = logM - 0.23:
+quenched with the mass-quenching probability of Peng et al. (2010), 1 - exp(-(M*/10^10.56)^0.8);
+100-Myr sSFR on the Speagle et al. (2014) main sequence at the galaxy's cosmic time (0.2 dex
+scatter) for star-forming galaxies, 1.5 dex below it (0.4 dex scatter) for quenched ones, reached
+by mixing a flat-Dirichlet SFH shape with the recent or the oldest basis (no bursts); log Z from
+the Gallazzi et al. (2005) mass-metallicity relation with its percentiles, in [-2.27, 0.3];
+tau2 from the Garn & Best (2010) H-alpha attenuation-mass relation (star-forming) or ~0.1
+(quenched), tau1 = 2.33 tau2 (Charlot & Fall 2000, mu = 0.3), n_dust ~ TN(-0.3, 0.3) on
+[-1, 0.4]. Nothing in it is tuned to SDSS redshifts; the docstring of :func:`sample_physical`
+gives each relation and its reference, docs/validation.md how its colours compare with SDSS.
 
 ``zlogm = "sdss"`` (:func:`sdss_zlogm_sampler`) follows the paper's recipe instead: (z, logM)
 pairs drawn, with replacement, from a real survey's joint distribution -- the shipped SDSS
@@ -50,12 +63,15 @@ import numpy as np
 
 from ..physics.forward import (PARAM_NAMES, build_forward_model, check_theta, derived_quantities,
                                forward_fluxes, theta_from_columns, theta_to_columns)
+from ..physics.dust import LAM_V, RV_C00, calzetti00_k
+from ..physics.params import ZSUN
 from ..physics.photometry import SDSS_UGRIZ, mag_to_flux
-from ..physics.relations import BALDRY12, H_SHIFT_DEX
+from ..physics.relations import BALDRY12, H_SHIFT_DEX, gallazzi05_mzr, speagle14_sfms
 from .observation import is_selected, make_observation, noisy_fluxes
 
 __all__ = [
-    "TABLE2", "sample_table2", "sample_z_volume", "sample_logm_baldry12",
+    "TABLE2", "sample_table2", "POPULATIONS", "sample_physical", "quiescent_fraction_peng10",
+    "garn_best10_a_halpha", "sample_logz_gallazzi05", "sfh_for_ssfr", "sample_z_volume", "sample_logm_baldry12",
     "sample_zlogm_volume", "measure_formed_minus_surviving", "draw_mock",
     "mock_to_catalog", "counts_slope",
     "FORMED_MINUS_SURVIVING_DEX", "zlogm_pairs_sampler",
@@ -194,6 +210,221 @@ def measure_formed_minus_surviving(model=None, n=5000, seed=0):
 
 
 # --------------------------------------------------------------------------
+# the "physical" preset: metallicity, SFH and dust from published relations
+# --------------------------------------------------------------------------
+
+POPULATIONS = ("table2", "physical")
+
+LOGZ_BOX = (-2.27, 0.3)  # log Z/Zsun (0.019) box of the fit's default prior (inference.config.logz_range)
+_G05_TO_MODEL_DEX = float(np.log10(0.02 / ZSUN))  # Gallazzi's Zsun = 0.02 -> the model's 0.019: +0.022 dex
+
+# Peng et al. (2010, ApJ 721, 193): the SDSS DR4 red fraction, separable in mass and
+# environment, f_red = 1 - exp(-(rho/p1)^p2 - (m/p3)^p4); the mass term alone ("mass quenching",
+# the red fraction where environment quenching vanishes): p3 = 10^10.56 Msun, p4 = 0.80.
+PENG10_MASS_QUENCHING = dict(logm_q=10.56, p4=0.80)
+MS_SCATTER_DEX = 0.2           # Speagle et al. (2014): intrinsic ("true") main-sequence scatter ~0.2 dex
+QUIESCENT_OFFSET_DEX = -1.5    # quenched peak ~1.5 dex below the main sequence (see sample_physical)
+QUIESCENT_SCATTER_DEX = 0.4
+# Garn & Best (2010, MNRAS 409, 421), SDSS DR7 Balmer decrements of ~90,000 star-forming
+# galaxies: A_Halpha = 0.91 + 0.77 X + 0.11 X^2 - 0.09 X^3 [mag], X = log(M*/1e10 Msun),
+# scatter ~0.3 mag; fitted over ~8.5 < log M* < 11.5 (X is held inside [-1.5, 1.5]).
+GARN_BEST10 = dict(coeffs=(0.91, 0.77, 0.11, -0.09), scatter_mag=0.3, x_range=(-1.5, 1.5))
+CF00_MU = 0.3  # Charlot & Fall (2000, ApJ 539, 718): diffuse ISM share of the young stars' tau_V, mu ~ 0.3
+N_DUST_PHYSICAL = (-0.3, 0.3, -1.0, 0.4)   # TN(mu, sd) on [lo, hi]; see sample_physical
+TAU2_QUIESCENT = (0.1, 0.1, 0.0, 3.0)      # TN(mu, sd) on [lo, hi]; see sample_physical
+_LAM_HALPHA_UM = 0.65628
+
+
+def quiescent_fraction_peng10(logm_surviving):
+    """Mass-quenched (red) fraction of Peng et al. (2010, ApJ 721, 193; the mass term of their fit):
+    f_q = 1 - exp(-(M*/10^10.56)^0.80), M* the surviving (current) stellar mass [Msun]."""
+    p = PENG10_MASS_QUENCHING
+    return 1.0 - np.exp(-(10.0 ** (np.asarray(logm_surviving, float) - p["logm_q"])) ** p["p4"])
+
+
+def garn_best10_a_halpha(logm_surviving):
+    """Median H-alpha attenuation [mag] of star-forming galaxies at stellar mass M* (Garn & Best 2010):
+    0.91 + 0.77 X + 0.11 X^2 - 0.09 X^3, X = log(M*/1e10), X held inside [-1.5, 1.5]."""
+    c0, c1, c2, c3 = GARN_BEST10["coeffs"]
+    x = np.clip(np.asarray(logm_surviving, float) - 10.0, *GARN_BEST10["x_range"])
+    return c0 + c1 * x + c2 * x ** 2 + c3 * x ** 3
+
+
+def sample_logz_gallazzi05(logm_surviving, rng, box=LOGZ_BOX):
+    """log Z/Zsun (model units, Zsun = 0.019) at surviving mass log M* [Msun] from the Gallazzi et
+    al. (2005, MNRAS 362, 41) stellar mass-metallicity relation with its scatter: their 16th, 50th
+    and 84th percentiles at M* (``relations.gallazzi05_mzr``: interpolated in their Table 2, held
+    flat beyond 8.87-11.87), Zsun = 0.02 moved to 0.019 (+0.022 dex), joined as two half-normals,
+    x = p50 + (p50 - p16) y below the median and p50 + (p84 - p50) y above (y ~ N(0, 1)), so the
+    draws have those three percentiles. Each half keeps probability 1/2 and is truncated at the
+    `box` edge on its side (no pile-up at the edges): the median stays Gallazzi's, and only the
+    upper percentiles move where 0.3 cuts into the upper half (p84 at log M* < 10.3, whose
+    upper widths are 0.4-0.6 dex, and above 11, where p84 is near 0.3)."""
+    from scipy.special import ndtr, ndtri
+    rng = _rng(rng)
+    p16, p50, p84 = (np.asarray(v, float) + _G05_TO_MODEL_DEX for v in gallazzi05_mzr(logm_surviving))
+    s1, s2 = p50 - p16, p84 - p50
+    c_lo = ndtr((box[0] - p50) / s1)  # <= 1/2: the box's lower edge in the lower half
+    c_hi = ndtr((box[1] - p50) / s2)  # >= 1/2
+    u = rng.random(np.shape(p50))
+    uu = np.where(u < 0.5, c_lo + (0.5 - c_lo) * 2.0 * u, 0.5 + (c_hi - 0.5) * (2.0 * u - 1.0))
+    y = ndtri(np.clip(uu, 1e-12, 1.0 - 1e-12))
+    return np.clip(p50 + np.where(y < 0, s1, s2) * y, *box)
+
+
+_AGE_TABLE = None
+
+
+def _age_gyr(z):
+    """Age of the universe at z [Gyr] (Planck15, the forward model's cosmology), tabulated."""
+    global _AGE_TABLE
+    if _AGE_TABLE is None:
+        from ..physics.cosmology import PLANCK15
+        zg = np.linspace(0.0, 1.5, 301)
+        _AGE_TABLE = (zg, PLANCK15.age(zg))
+    return np.interp(z, *_AGE_TABLE)
+
+
+_BASIS_NODES = None
+
+
+def _basis_cumulative(t_gyr):
+    """int_0^t B_k dt' for the project's default SFH bases at lookback times t (N,) -> (N, n_k),
+    exactly as the forward model integrates them (``sfh.make_sfh_tables``)."""
+    global _BASIS_NODES
+    if _BASIS_NODES is None:
+        from ..physics import sfh
+        b = sfh.load_sfh_bases()
+        t, s = b.t_lb, b.sfr.T
+        if t[0] > 0:
+            t, s = np.concatenate([[0.0], t]), np.concatenate([s[:1], s])
+        _BASIS_NODES = (np.concatenate([t, [sfh.T_BIG]]), np.concatenate([s, s[-1:]]))
+    from ..physics.sfh import _cum_numpy
+    return _cum_numpy(*_BASIS_NODES, np.asarray(t_gyr, float))[0]
+
+
+def _beta_to_kappa_np(beta):
+    """numpy (float64) twin of ``sfh.beta_to_kappa``."""
+    k1 = 1.0 - beta[:, 0]
+    k2 = np.where(k1 > 0, 1.0 - beta[:, 1] / np.where(k1 > 0, k1, 1.0), 0.0)
+    s34 = beta[:, 2] + beta[:, 3]
+    k3 = np.where(s34 > 0, beta[:, 3] / np.where(s34 > 0, s34, 1.0), 0.0)
+    return np.clip(np.stack([k1 ** 3, k2 ** 2, k3], -1), 0.0, 1.0)
+
+
+def sfh_for_ssfr(shape, log_ssfr, z, formed_minus_surviving=FORMED_MINUS_SURVIVING_DEX):
+    """Dirichlet weights (N, 4) with log sSFR over the last 100 Myr equal to `log_ssfr` [1/yr].
+
+    shape: (N, 4) starting weights on the simplex (bases ordered recent -> old). The SFR
+    averaged over 100 Myr per unit formed mass, f100(beta) = sum_k beta_k a_k / sum_k beta_k c_k
+    with a_k = int_0^0.1Gyr B_k and c_k = int_0^t_u B_k (no burst), is a ratio of linear forms,
+    so the mix beta = (1 - w) shape + w e_1 (too little star formation: add the recent basis) or
+    (1 - w) shape + w e_4 (too much: add the oldest) that hits the target is found in closed form.
+    sSFR is per surviving mass, taken as formed mass - `formed_minus_surviving` dex. Targets beyond
+    what the bases reach (above ~10^-9.4 /yr: pure basis 1) end at the nearest pure basis.
+    """
+    shape = np.asarray(shape, float)
+    t_u = _age_gyr(np.asarray(z, float))
+    a = _basis_cumulative(np.full(t_u.shape, 0.1))
+    c = _basis_cumulative(t_u)
+    f = 10.0 ** (np.asarray(log_ssfr, float) - formed_minus_surviving) * 1e8  # target f100 per formed mass
+    A = a - f[:, None] * c  # sum_k beta_k A_k = 0 on target
+    a_s = np.sum(shape * A, -1)
+    e1, e4 = np.eye(4)[0], np.eye(4)[3]
+    w1 = np.clip(-a_s / np.where(A[:, 0] - a_s > 0, A[:, 0] - a_s, 1.0), 0.0, 1.0)
+    w1 = np.where(A[:, 0] - a_s > 0, w1, 1.0)
+    w4 = np.clip(a_s / np.where(a_s - A[:, 3] > 0, a_s - A[:, 3], 1.0), 0.0, 1.0)
+    w4 = np.where(a_s - A[:, 3] > 0, w4, 1.0)
+    up = (a_s <= 0)[:, None]
+    beta = np.where(up, (1 - w1)[:, None] * shape + w1[:, None] * e1,
+                    (1 - w4)[:, None] * shape + w4[:, None] * e4)
+    return beta / beta.sum(-1, keepdims=True)
+
+
+def sample_physical(n, key_or_seed=0, zlogm_sampler: Callable | None = None, return_info=False):
+    """(n, 11) draws of the *physical* mock population (columns ``PARAM_NAMES``).
+
+    Same contract as :func:`sample_table2`; (z, logM formed) from `zlogm_sampler` (default
+    :func:`sample_zlogm_volume`: volume-weighted z, Baldry et al. 2012 masses; no spectroscopic
+    redshifts are used anywhere). With log M* = logM - ``FORMED_MINUS_SURVIVING_DEX`` the surviving
+    stellar mass and t_u the age of the universe at z:
+
+    * **quenched or star-forming**: quenched with probability f_q(M*) = 1 - exp(-(M*/10^10.56)^0.8),
+      the mass-quenching term of Peng et al. (2010, ApJ 721, 193; their fit to the SDSS DR4 red
+      fraction). Environment quenching (their density term) is left out: the mock has no
+      environments.
+    * **sSFR (100 Myr)**: star-forming galaxies on the main sequence of Speagle et al. (2014, ApJS
+      214, 15, eq. 28; Chabrier) at t_u, with ``MS_SCATTER_DEX`` = 0.2 dex of Gaussian scatter
+      (their intrinsic scatter); quenched galaxies ``QUIESCENT_OFFSET_DEX`` = 1.5 dex below it with
+      0.4 dex scatter: the quenched peak of SDSS galaxies in the SFR-M* plane lies ~1.5 dex below
+      the main sequence (Renzini & Peng 2015, ApJL 801, L29, Fig. 1; Wetzel, Tinker & Conroy 2012,
+      MNRAS 424, 232: sSFR ~ 10^-12 /yr, bimodality break at 10^-11 /yr).
+    * **SFH**: a starting shape from the flat Dirichlet (the box prior), over all four bases for
+      star-forming galaxies, over the three older ones (beta1 = 0: nothing formed in the recent
+      basis) for quenched ones; then mixed with the recent basis (e_1) or the oldest (e_4) until
+      the 100-Myr sSFR is the target (:func:`sfh_for_ssfr`; star-forming galaxies need more
+      recent-basis weight, quenched ones end with most weight on basis 4). No bursts
+      (f_burst = 0; t_burst, then irrelevant, is uniform on [0.01, 13.27]): the tight main
+      sequence leaves little room for bursts (Noeske et al. 2007, ApJL 660, L43), and recent
+      bursts matter only in the lowest-mass galaxies (Kauffmann et al. 2003, MNRAS 341, 54),
+      which r < 17.77 barely reaches. The solve uses the project's default SFH bases (those of
+      ``build_forward_model()``); with other bases the sSFRs land elsewhere.
+    * **metallicity**: Gallazzi et al. (2005) mass-metallicity relation with their scatter
+      (:func:`sample_logz_gallazzi05`), truncated to ``LOGZ_BOX`` = [-2.27, 0.3].
+    * **dust**: star-forming galaxies: H-alpha attenuation A_Ha ~ N(Garn & Best 2010 at M*, 0.3 mag)
+      (:func:`garn_best10_a_halpha`), turned into tau2 with the model's own curves: H-alpha
+      comes from stars < 10 Myr, behind tau1 (lam/0.55um)^-1 + the diffuse tau2 curve, and
+      tau1 = tau2 (1 - mu) / mu with Charlot & Fall's (2000) mu = 0.3 (tau1 = 2.33 tau2).
+      Quenched galaxies have little dust: tau2 ~ TN(0.1, 0.1) on [0, 3] (A_V ~ 0.1 mag; an
+      assumption), same tau1/tau2. n_dust (Kriek & Conroy 2013 slope, the model's convention)
+      ~ TN(-0.3, 0.3) on [-1, 0.4]: local galaxies' attenuation curves are on average steeper than
+      Calzetti's, with a wide spread (Salim, Boquien & Lee 2018, ApJ 859, 11). tau1, tau2 <= 3.
+
+    return_info: also return a dict with ``quiescent`` (bool), ``log_ssfr_target``, ``logm_surviving``.
+    """
+    rng = _rng(key_or_seed)
+    z, logm = (zlogm_sampler or sample_zlogm_volume)(n, rng)
+    z, logm = np.asarray(z, float), np.asarray(logm, float)
+    lms = logm - FORMED_MINUS_SURVIVING_DEX
+    out = np.empty((n, len(PARAM_NAMES)))
+    out[:, 0], out[:, 1] = z, logm
+
+    # quenched or star-forming; target sSFR
+    q = rng.random(n) < quiescent_fraction_peng10(lms)
+    ms = speagle14_sfms(lms, _age_gyr(z), chabrier=True) - lms
+    s = ms + np.where(q, QUIESCENT_OFFSET_DEX + QUIESCENT_SCATTER_DEX * rng.standard_normal(n),
+                      MS_SCATTER_DEX * rng.standard_normal(n))
+    # SFH
+    shape = rng.dirichlet(np.ones(4), n)
+    shape_q = np.concatenate([np.zeros((n, 1)), rng.dirichlet(np.ones(3), n)], 1)
+    shape = np.where(q[:, None], shape_q, shape)
+    beta = sfh_for_ssfr(shape, s, z)
+    out[:, 2:5] = _beta_to_kappa_np(beta)
+    out[:, 5] = rng.uniform(0.01, 13.27, n)  # t_burst: no burst
+    out[:, 6] = 0.0
+    # metallicity
+    out[:, 7] = sample_logz_gallazzi05(lms, rng)
+    # dust
+    out[:, 8] = _truncnorm(rng, n, *N_DUST_PHYSICAL)
+    r_bc = (1.0 - CF00_MU) / CF00_MU
+    k_ha = float(np.asarray(calzetti00_k(_LAM_HALPHA_UM))) / RV_C00
+    lnx = np.log(_LAM_HALPHA_UM / LAM_V)
+    diffuse_ha = k_ha * np.exp(out[:, 8] * lnx)  # tau(Halpha) / tau2 (no bump at Halpha)
+    a_ha = np.maximum(garn_best10_a_halpha(lms) + GARN_BEST10["scatter_mag"] * rng.standard_normal(n), 0.0)
+    tau2_sf = a_ha / (2.5 * np.log10(np.e)) / (r_bc * np.exp(-lnx) + diffuse_ha)
+    tau2_q = _truncnorm(rng, n, *TAU2_QUIESCENT)
+    tau2 = np.clip(np.where(q, tau2_q, tau2_sf), 0.0, 3.0)
+    out[:, 9] = np.clip(r_bc * tau2, 0.0, 3.0)
+    out[:, 10] = tau2
+    if return_info:
+        return out, dict(quiescent=q, log_ssfr_target=s, logm_surviving=lms)
+    return out
+
+
+_POPULATION_SAMPLERS = {"table2": sample_table2, "physical": sample_physical}
+
+
+# --------------------------------------------------------------------------
 # observing
 # --------------------------------------------------------------------------
 
@@ -204,7 +435,7 @@ def _default_noise_model(bands):
     from .noise import fit_noise_model
     short, extra = [], []
     for b in bands:
-        if b.startswith("sdss2010-") and b[-1] in "ugriz":
+        if b.startswith(("sdss2001-", "sdss2010-")) and b[-1] in "ugriz":
             short.append(b[-1])
         elif b in _SDSS_EXTRA:
             extra.append(b)
@@ -248,8 +479,12 @@ def _observe(model, obs, theta, key, chunk=16384):
 def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.77",
               params_table=None, return_all=False, *, model=None, zlogm_sampler=None,
               z_range=Z_RANGE, prescreen=True, max_rounds=60, max_batch=200_000,
-              progress=False):
-    """Mock catalog (astropy Table) of the Table-2 population observed with a noise model.
+              progress=False, population="table2"):
+    """Mock catalog (astropy Table) of a mock population observed with a noise model.
+
+    population: 'table2' (:func:`sample_table2`, the paper's; default) or 'physical'
+    (:func:`sample_physical`: metallicity, SFH and dust from published relations), each with
+    (z, logM) from `zlogm_sampler` (default: volume-weighted z, Baldry+12 masses).
 
     n: number of *selected* rows wanted (oversampling rounds until reached, at most
     `max_rounds`; RuntimeError otherwise). With ``return_all`` n rows are drawn from the
@@ -269,6 +504,9 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
 
     from .noise import load_noise_model
 
+    if population not in _POPULATION_SAMPLERS:
+        raise ValueError(f"population must be one of {list(POPULATIONS)}, got {population!r}")
+    sample_population = _POPULATION_SAMPLERS[population]
     if isinstance(filters, str):
         filters = [f.strip() for f in filters.split(",") if f.strip()]
     filters = tuple(filters)
@@ -306,7 +544,7 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
 
     info = dict(seed=seed, limit=limit, rounds=0, n_drawn=0, n_forward=0)
     if theta_in is not None or return_all:
-        theta = theta_in if theta_in is not None else sample_table2(n, rng, zlogm_sampler)
+        theta = theta_in if theta_in is not None else sample_population(n, rng, zlogm_sampler)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*outside the SSP grid.*")
             check_theta(theta, model)
@@ -328,7 +566,7 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
         for rnd in range(max_rounds):
             need = n - n_sel
             m = max_batch if acc is None else int(np.clip(1.3 * need / max(acc, 1e-7) + 1000, 2000, max_batch))
-            th = sample_table2(m, rng, zlogm_sampler)
+            th = sample_population(m, rng, zlogm_sampler)
             info["n_drawn"] += m
             if bound is not None:
                 th = th[th[:, 1] + _bound_at(th[:, 0], bound[0], bound[1]) > bound[2]]
@@ -379,10 +617,14 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
     t["z_spec"] = theta[:, 0]
     if return_all:
         t["selected"] = sel
-    population = "params_table" if params_table is not None else (
-        "Table 2 + volume-weighted Baldry+12" if zlogm_sampler in (None, sample_zlogm_volume)
-        else f"Table 2 + (z, logM) from {getattr(zlogm_sampler, '__name__', 'a custom sampler')}")
-    meta = dict(source="popsed_jax.survey.mock.draw_mock", population=population, **info)
+    label = {"table2": "Table 2",
+             "physical": "physical (Gallazzi+05 MZR, Peng+10 quenching, Speagle+14 MS, Garn & Best 10 dust)"}[population]
+    detail = "params_table" if params_table is not None else (
+        f"{label} + volume-weighted Baldry+12" if zlogm_sampler in (None, sample_zlogm_volume)
+        else f"{label} + (z, logM) from {getattr(zlogm_sampler, '__name__', 'a custom sampler')}")
+    meta = dict(source="popsed_jax.survey.mock.draw_mock",
+                population="params_table" if params_table is not None else population,
+                population_detail=detail, **info)
     t.meta["PSBANDS"] = json.dumps(list(filters))
     t.meta["PSMETA"] = json.dumps(meta)
     return t

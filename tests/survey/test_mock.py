@@ -12,6 +12,8 @@ from popsed_jax.physics.photometry import SDSS_UGRIZ
 from popsed_jax.survey import mock as M
 from popsed_jax.physics.forward import PARAM_NAMES
 
+R = SDSS_UGRIZ[2]  # the r band (speclite name), whichever SDSS curves are the default
+
 
 def _rmag(f):
     f = np.asarray(f, float)
@@ -70,7 +72,7 @@ def test_mock_selection_and_columns(mock_tab):
     for b in SDSS_UGRIZ:
         for c in (f"flux_{b}", f"flux_err_{b}", f"flux_true_{b}"):
             assert c in t.colnames and np.all(np.isfinite(t[c])), c
-    assert np.all(_rmag(t["flux_sdss2010-r"]) < 17.77)
+    assert np.all(_rmag(t[f"flux_{R}"]) < 17.77)
     np.testing.assert_array_equal(t["z_spec"], t["z"])
 
 
@@ -93,7 +95,7 @@ def test_mock_noise_matches_sdss(mock_tab, sdss):
 
 def test_mock_counts_slope_like_sdss(mock_tab, sdss):
     s_sdss = M.counts_slope(_rmag(sdss[2].flux[:, 2]))
-    s_mock = M.counts_slope(_rmag(mock_tab["flux_sdss2010-r"]))
+    s_mock = M.counts_slope(_rmag(mock_tab[f"flux_{R}"]))
     assert 0.4 < s_sdss < 0.65
     assert abs(s_mock - s_sdss) < 0.1, (s_mock, s_sdss)
 
@@ -106,7 +108,7 @@ def test_prescreen_is_conservative(fwd, sdss):
     assert screened.mean() > 0.3
     assert not np.any(np.asarray(t["selected"]) & screened)
     # and the bound really bounds the noiseless flux
-    assert np.all(np.log10(np.maximum(t["flux_true_sdss2010-r"], 1e-30)) - t["logM"]
+    assert np.all(np.log10(np.maximum(t[f"flux_true_{R}"], 1e-30)) - t["logM"]
                   <= M._bound_at(np.asarray(t["z"]), zg, lf) + 1e-4)
 
 
@@ -118,7 +120,7 @@ def test_round_trip_read_catalog(mock_tab, tmp_path):
         mock_tab.write(p, overwrite=True)
         cat = read_catalog(p)
         assert cat.bands == SDSS_UGRIZ
-        np.testing.assert_allclose(cat.flux[:, 2], mock_tab["flux_sdss2010-r"], rtol=1e-12)
+        np.testing.assert_allclose(cat.flux[:, 2], mock_tab[f"flux_{R}"], rtol=1e-12)
         np.testing.assert_allclose(cat.flux_err, M.mock_to_catalog(mock_tab).flux_err, rtol=1e-12)
         np.testing.assert_allclose(cat.z_spec, mock_tab["z"])
 
@@ -141,9 +143,9 @@ def test_params_table_and_cli(fwd, sdss, tmp_path):
                        "--out", str(tmp_path / "o.fits"), "--seed", "4"])
     assert a.func(a) == 0
     back = Table.read(tmp_path / "o.fits")
-    assert len(back) == 50 and "flux_true_sdss2010-r" in back.colnames
+    assert len(back) == 50 and f"flux_true_{R}" in back.colnames
     with pytest.raises(ValueError, match="noise model bands"):
-        M.draw_mock(5, noise_model=sdss[1], filters=["sdss2010-g", "sdss2010-r"])
+        M.draw_mock(5, noise_model=sdss[1], filters=[SDSS_UGRIZ[1], R])
 
 
 def test_formed_minus_surviving_constant_matches_the_forward_model():
@@ -199,6 +201,6 @@ def test_default_noise_model_covers_the_sdss_file_2mass_bands():
     sig = np.asarray(noise_sigma_median(nm, jnp.full((1, len(bands)), 100.0, jnp.float32)))[0]
     assert np.all(sig[5:] > 20 * sig[2]), sig  # J, H, Ks vs r at 100 nmgy (r = 17.5)
     with pytest.raises(ValueError, match="hsc-r"):
-        M._default_noise_model(("sdss2010-r", "hsc-r"))
+        M._default_noise_model((R, "hsc-r"))
     ap = build_parser()
     assert ap.parse_args(["mock", "--n", "5", "--zlogm", "sdss", "--out", "x.fits"]).zlogm == "sdss"
