@@ -80,8 +80,10 @@ class FitConfig:
     members: int = _f(1, "Optimisation", "ensemble members (independent flows)", _int_at_least(1))
     seed: int = _f(0, "Optimisation", "random seed", _int_at_least(0))
     lr: float = _f(5e-4, "Optimisation", "learning rate (peak of the one-cycle schedule)", _number(0, lo_open=True))
-    loss: str = _f("sliced", "Optimisation", "training loss: 'sliced' (sliced W2) or 'sinkhorn' (annealed blur)",
-                   _one_of("sliced", "sinkhorn"))
+    loss: str = _f("auto", "Optimisation",
+                   "training loss: 'auto' (sliced W2 on CPU, the debiased Sinkhorn divergence through ott-jax on GPU/TPU), "
+                   "'sliced' (sliced W2) or 'sinkhorn' (annealed blur, this package's solver)",
+                   _one_of("auto", "sliced", "sinkhorn"))
     n_projections: int = _f(128, "Optimisation", "random directions per step of the sliced loss", _int_at_least(1))
     blur: tuple = _f(((0.0, 0.5), (0.35, 0.1), (0.75, 0.03), (1.0, 0.02)), "Annealing schedules",
                      "Sinkhorn blur schedule (fraction of training: epsilon)", _blur)

@@ -52,6 +52,7 @@ __all__ = [
     "FitProblem", "FitState", "prepare", "init", "make_step", "make_optimizer", "validate",
     "data_floor", "sample", "sample_prior", "draw_reference", "observe_theta", "simulate_members", "epsilon_at",
     "noise_scale_at", "box_bounds", "flow_config", "member_keys", "ensemble_mesh", "forward_model_for",
+    "training_loss", "ACCELERATOR_BACKENDS", "make_loss_fn",
 ]
 
 
@@ -143,9 +144,25 @@ class FitState(NamedTuple):
     key: jax.Array
 
 
-def make_loss_fn(kind: str, n_projections: int = 128):
+def make_loss_fn(kind: str, n_projections: int = 128, solver: str = "scaling"):
     """The loss behind the common interface, with loss.py's default solver settings."""
-    return loss_mod.make_loss(loss_mod.LossConfig(kind=kind, n_projections=n_projections))
+    return loss_mod.make_loss(loss_mod.LossConfig(kind=kind, n_projections=n_projections, solver=solver))
+
+
+ACCELERATOR_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def training_loss(cfg: FitConfig, backend: str | None = None) -> dict:
+    """The training loss ``cfg.loss`` means on ``backend`` (default: JAX's): {"kind", "solver",
+    "backend"}. ``"auto"`` is the sliced W2 on CPU, measured the better loss there (faster, and a
+    better SDSS n(z) than Sinkhorn: docs/validation.md#choice-of-training-loss), and on GPU/TPU the
+    debiased Sinkhorn divergence with blur annealing through ott-jax's solver (the design; not yet
+    timed against this package's solver on an accelerator: benchmarks/gpu.py does that)."""
+    backend = backend or jax.default_backend()
+    kind, solver = cfg.loss, "scaling"
+    if kind == "auto":
+        kind, solver = ("sinkhorn", "ott") if backend in ACCELERATOR_BACKENDS else ("sliced", "scaling")
+    return {"kind": kind, "solver": solver, "backend": backend}
 
 
 def prepare(cat: Catalog, cfg: FitConfig, noise_model: NoiseModel | None = None, grid=None, bases=None) -> FitProblem:
@@ -169,9 +186,10 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: NoiseModel | None = None,
     stats = tuple(np.asarray(s) for s in feature_stats(feats[tr]))
     std = lambda x: jnp.asarray((x - stats[0]) / stats[1], jnp.float32)  # noqa: E731
     model = forward_model_for(cfg, cat.bands, grid=grid, bases=bases)
+    tl = training_loss(cfg)
     observation = make_observation(noise, cfg.limit, colours=cfg.colours, selection_width=cfg.selection_width, stats=stats)
     return FitProblem(cfg, model, observation, flow_config(cfg), std(feats[tr]), std(feats[va]),
-                      make_loss_fn(cfg.loss, cfg.n_projections), make_loss_fn(cfg.val_loss))
+                      make_loss_fn(tl["kind"], cfg.n_projections, tl["solver"]), make_loss_fn(cfg.val_loss))
 
 
 # ----------------------------------------------------------------------------------------

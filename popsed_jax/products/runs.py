@@ -122,6 +122,7 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
         "val_divergence": val.tolist(), "data_floor": floor, "val_over_floor": ratio.tolist(),
         "flagged_members": flagged, "seconds": time.perf_counter() - t0,
         "devices": len(jax.devices()), "sharded": mesh is not None,
+        "training_loss": fitlib.training_loss(cfg),
     }
     folder.write_json("summary", summary)
     folder.write_json("history", history, indent=None)

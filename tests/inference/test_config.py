@@ -18,7 +18,7 @@ from popsed_jax.inference.config import FitConfig, config_groups, config_help
     (dict(steps="3"), "steps must be an integer >= 1, got '3'"),
     (dict(blur=0.5), "blur must be a list of"),
     (dict(lr=-1e-3), "lr must be > 0"),
-    (dict(loss="sinkhorm"), r"loss must be one of \['sliced', 'sinkhorn'\]"),
+    (dict(loss="sinkhorm"), r"loss must be one of \['auto', 'sliced', 'sinkhorn'\]"),
     (dict(z_range=(0.5, 0.1)), "z_range must satisfy 0 < z_min < z_max"),
     (dict(logU=1.0), "logU must be <= 0.0"),
 ])
@@ -62,3 +62,16 @@ def test_help_text_is_declared_once_and_used_by_cli_and_groups():
     fit = build_parser()._subparsers._group_actions[0].choices["fit"]
     steps = next(a for a in fit._actions if a.dest == "steps")
     assert steps.help.startswith(h["steps"])
+
+
+def test_auto_loss_is_sliced_on_cpu_and_ott_sinkhorn_on_accelerators():
+    from popsed_jax.inference.fit import training_loss
+
+    cfg = FitConfig()
+    assert cfg.loss == "auto"
+    assert training_loss(cfg, "cpu") == {"kind": "sliced", "solver": "scaling", "backend": "cpu"}
+    for backend in ("gpu", "cuda", "tpu"):
+        assert training_loss(cfg, backend)["kind"] == "sinkhorn"
+        assert training_loss(cfg, backend)["solver"] == "ott"
+    assert training_loss(FitConfig(loss="sliced"), "gpu")["kind"] == "sliced"
+    assert training_loss(FitConfig(loss="sinkhorn"), "cpu") == {"kind": "sinkhorn", "solver": "scaling", "backend": "cpu"}
