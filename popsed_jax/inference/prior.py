@@ -10,8 +10,9 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
   al. (2005, MNRAS 362, 41; SDSS DR2, BC03, Chabrier): at log M* = logM - 0.23 (formed to
   surviving mass, ``mock.FORMED_MINUS_SURVIVING_DEX``), log Z/Zsun follows two half-normals
   joined at their median, each holding half the probability, with widths their 16-50% and 50-84%
-  ranges (floored at 0.1 dex): so the prior's 16, 50 and 84% points are theirs. Truncated to the
-  box. Their Zsun = 0.02 is converted to the model's 0.019. (Until 0.2.0 a continuous split
+  ranges (floored at 0.1 dex): so the prior's 16, 50 and 84% points are theirs. Each half is
+  truncated to the box on its own side and keeps probability 1/2, so the median is theirs even
+  where the box's top (0.3) cuts into the upper half (as the physical mock, ``survey.mock``, draws). Their Zsun = 0.02 is converted to the model's 0.019. (Until 0.2.0 a continuous split
   normal peaking at their median was used; its median sat up to 0.08 dex below theirs.)
 
 Why a prior at all: with five broad bands old metal-poor populations at low z mimic metal-rich
@@ -57,8 +58,11 @@ def mzr_log_density(log_z, log_m_formed, lo: float, hi: float):
     p50 = jnp.interp(lm, t[:, 0], t[:, 1]) + _G05_TO_MODEL
     s1 = jnp.maximum(jnp.interp(lm, t[:, 0], t[:, 1] - t[:, 2]), MZR_MIN_WIDTH)
     s2 = jnp.maximum(jnp.interp(lm, t[:, 0], t[:, 3] - t[:, 1]), MZR_MIN_WIDTH)
-    mass = _two_half_normals_cdf(hi, p50, s1, s2) - _two_half_normals_cdf(lo, p50, s1, s2)
-    return _two_half_normals_logpdf(log_z, p50, s1, s2) - jnp.log(jnp.maximum(mass, 1e-30))
+    # each half keeps probability 1/2 inside the box (truncated on its own side), so the median
+    # stays theirs however much of the upper half the box's top cuts off
+    half_mass = jnp.where(log_z < p50, 0.5 - _two_half_normals_cdf(jnp.asarray(lo, dt), p50, s1, s2),
+                          _two_half_normals_cdf(jnp.asarray(hi, dt), p50, s1, s2) - 0.5)
+    return _two_half_normals_logpdf(log_z, p50, s1, s2) - jnp.log(2.0 * jnp.maximum(half_mass, 1e-30))
 
 
 def log_prior_ratio(theta, prior: str, lo, hi):

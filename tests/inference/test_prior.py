@@ -17,9 +17,13 @@ from popsed_jax.survey.catalog import read_sdss_main
 
 @pytest.mark.parametrize("log_m_surv", [9.0, 10.0, 10.5, 11.5])
 def test_mzr_density_is_normalised_on_the_box_and_has_gallazzis_percentiles(log_m_surv):
-    """Normalised on the box; before truncation its 16/50/84% points are Gallazzi's (widths
-    floored at 0.1 dex), so the truncated CDF at those points is (p - F(lo)) / (F(hi) - F(lo))."""
+    """Normalised on the box; the median is Gallazzi's exactly, and each half, truncated on its
+    own side, holds 1/2: the CDF at p16 is (Phi(-1) - Phi(lo')) / (1/2 - Phi(lo')) / 2 and at p84
+    1/2 + (Phi(1) - 1/2) / (Phi(hi') - 1/2) / 2 (widths floored at 0.1 dex). The physical mock
+    (survey.mock.sample_logz_gallazzi05) draws the same distribution: their quantiles agree."""
     from scipy.stats import norm
+
+    from popsed_jax.survey.mock import sample_logz_gallazzi05
 
     x = np.linspace(-2.27, 0.3, 40001)
     lp = np.asarray(mzr_log_density(jnp.asarray(x), jnp.full(x.shape, log_m_surv + 0.23), -2.27, 0.3))
@@ -29,9 +33,14 @@ def test_mzr_density_is_normalised_on_the_box_and_has_gallazzis_percentiles(log_
     s1, s2 = max(g50 - p16, 0.1), max(p84 - g50, 0.1)
     f_lo, f_hi = norm.cdf((-2.27 - g50) / s1), norm.cdf((0.3 - g50) / s2)
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(x))])
-    for point, p in ((g50 - s1, norm.cdf(-1.0)), (g50, 0.5), (g50 + s2, norm.cdf(1.0))):
+    expected = {g50 - s1: 0.5 * (norm.cdf(-1.0) - f_lo) / (0.5 - f_lo), g50: 0.5,
+                g50 + s2: 0.5 + 0.5 * (norm.cdf(1.0) - 0.5) / (f_hi - 0.5)}
+    for point, p in expected.items():
         if point < 0.3:
-            assert np.interp(point, x, cdf) == pytest.approx((p - f_lo) / (f_hi - f_lo), abs=2e-3), point
+            assert np.interp(point, x, cdf) == pytest.approx(p, abs=2e-3), point
+    draws = sample_logz_gallazzi05(np.full(200_000, log_m_surv), np.random.default_rng(0))
+    for q in (0.16, 0.5, 0.84):
+        assert np.quantile(draws, q) == pytest.approx(np.interp(q, cdf, x), abs=0.01), q
 
 
 def test_flat_prior_ratio_is_zero_and_mzr_prefers_metal_rich_massive_galaxies():
