@@ -109,7 +109,8 @@ def main(argv=None):
                      step_1_member=out_steps[1], step_k_members=out_steps[a.members]),
         members=a.members, ensemble_time_ratio=out_steps[a.members] / out_steps[1],
         part_time_ratio_k_members=part_k, devices=len(jax.devices()), sharded=mesh is not None,
-        n_projections=cfg.n_projections if cfg.loss == "sliced" else None, loss=cfg.loss,
+        n_projections=cfg.n_projections if fitlib.training_loss(cfg)["kind"] == "sliced" else None,
+        loss=fitlib.training_loss(cfg),
         steps_per_s=1.0 / out_steps[1], loss_over_forward=t_loss / t_fwd,
     )
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

@@ -120,6 +120,8 @@ def speclite_filters(names):
     speclite's tools (effective wavelengths, AB magnitudes of spectra)."""
     import speclite.filters as sf
 
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
     own = _project_filter_files()
     validate_filter_names(names)
     return sf.load_filters(*[own.get(n, n) for n in names])

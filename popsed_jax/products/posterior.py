@@ -208,7 +208,7 @@ def posterior_catalog(run, catalog=None, out=None, *, prior: str = "population",
     further draws from the same prior added to the bank (column ``refined``); 0 switches it off."""
     import json
 
-    from ..survey.catalog import Catalog, load_catalog
+    from ..survey.catalog import Catalog, load_catalog, sdss_bands_as
     from ..survey.selection import select_catalog
     from . import plots
     from .runfolder import RunFolder
@@ -216,11 +216,13 @@ def posterior_catalog(run, catalog=None, out=None, *, prior: str = "population",
 
     folder = RunFolder(run)
     cfg = folder.read_config()
+    info = folder.read_json("run_info")
     if catalog is None:
-        cat = load_catalog(_resolve_catalog(folder.read_json("run_info"), folder.path))
+        cat = load_catalog(_resolve_catalog(info, folder.path))
         cat = select_catalog(cat, cfg.limit) if cfg.limit else cat
     else:
         cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
+    cat = sdss_bands_as(cat, info["bands"])  # a run made with speclite's sdss2010 curves reads today's SDSS file
     bank = posterior_bank(folder.path, n_bank, prior=prior, seed=seed)
     t = galaxy_posteriors(cat, bank, floor=floor, min_ess=min_ess, progress=progress)
     t["refined"] = np.zeros(len(t), bool)

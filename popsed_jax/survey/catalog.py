@@ -34,7 +34,7 @@ __all__ = [
     "Catalog", "read_sdss_main",
     "read_table", "write_catalog", "read_catalog", "catalog_subset",
     "catalog_summary", "format_summary", "load_catalog", "is_shipped_sdss",
-    "binned_medians", "fit_variance_quadratic",
+    "binned_medians", "fit_variance_quadratic", "sdss_bands_as",
     "default_sdss_path",
 ]
 
@@ -239,6 +239,21 @@ def read_sdss_main(path=None, bands=("u", "g", "r", "i", "z"), flux="MODELFLUX",
                    bands=tuple(names), z_spec=z[keep],
                    extinction=np.stack(cols_a, 1)[keep],
                    ids=np.arange(n, dtype=np.int64)[keep], meta=meta)
+
+
+def sdss_bands_as(obj, bands):
+    """``obj`` (a Catalog or a NoiseModel) with its band names replaced by ``bands`` when the two
+    differ only in the SDSS filter-curve set (``sdss2001-x`` <-> ``sdss2010-x``, same order):
+    the measured fluxes are the same, only the curves a model would use differ (runs made before
+    0.2.x used speclite's ``sdss2010``). Otherwise ``obj`` unchanged."""
+    import dataclasses
+
+    have, want = tuple(obj.bands), tuple(bands)
+    def key(b):
+        return ("sdss", b[-1]) if b[:9] in ("sdss2001-", "sdss2010-") and len(b) == 10 else b
+    if have == want or len(have) != len(want) or [key(b) for b in have] != [key(b) for b in want]:
+        return obj
+    return dataclasses.replace(obj, bands=want)
 
 
 # --------------------------------------------------------------------------

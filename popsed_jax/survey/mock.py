@@ -431,7 +431,7 @@ _POPULATION_SAMPLERS = {"table2": sample_table2, "physical": sample_physical}
 def _default_noise_model(bands):
     """Noise model fitted to the shipped SDSS main sample in `bands`: SDSS ugriz and the
     file's 2MASS/GALEX columns (rows lacking an extra band are dropped before the fit)."""
-    from .catalog import _SDSS_EXTRA, read_sdss_main
+    from .catalog import _SDSS_EXTRA, read_sdss_main, sdss_bands_as
     from .noise import fit_noise_model
     short, extra = [], []
     for b in bands:
@@ -443,7 +443,7 @@ def _default_noise_model(bands):
             raise ValueError(f"no default noise model for band {b!r} (the SDSS file has ugriz and "
                              f"{sorted(_SDSS_EXTRA)}): pass noise_model= (a NoiseModel or a JSON file "
                              "from save_noise_model)")
-    cat = read_sdss_main(bands=tuple(short), extra=tuple(extra))
+    cat = sdss_bands_as(read_sdss_main(bands=tuple(short), extra=tuple(extra)), bands)
     nm = fit_noise_model(cat)
     if tuple(nm.bands) != tuple(bands):
         raise ValueError(f"the default noise model needs the SDSS bands first, in order: got {list(bands)}")

@@ -40,7 +40,7 @@ def band_index(bands, name) -> int:
 
 
 def parse_limit(text: str, bands=None):
-    """Parse 'r<17.77' -> ('sdss2001-r', 17.77).
+    """Parse 'r<17.77' (with the catalog's ``bands``) -> ('sdss2001-r', 17.77).
 
     The band is resolved against `bands` (e.g. ``cat.bands``) if given, else
     against speclite's filter names (then it must be a full name or unique).

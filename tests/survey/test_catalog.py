@@ -250,3 +250,13 @@ def test_shipped_catalog_names(sdss):
     assert C.is_shipped_sdss("sdss+2mass") and not C.is_shipped_sdss("sdss.fits")
     i = np.searchsorted(sdss.ids, nir.ids)
     np.testing.assert_allclose(nir.flux[:, :5], sdss.flux[i])
+
+
+def test_sdss_bands_as_relabels_only_between_sdss_curve_sets(sdss):
+    from popsed_jax.survey.catalog import sdss_bands_as
+
+    old = tuple(f"sdss2010-{b}" for b in "ugriz")
+    back = sdss_bands_as(sdss, old)
+    assert back.bands == old and back.flux is sdss.flux
+    assert sdss_bands_as(sdss, old[:2]) is sdss  # other bands: unchanged
+    assert sdss_bands_as(sdss, tuple(f"sdss2010-{b}" for b in "guriz")) is sdss  # other order: unchanged
