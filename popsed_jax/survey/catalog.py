@@ -268,7 +268,8 @@ def _as_table(path_or_table, format=None):
     if not os.path.exists(path):
         raise CatalogError(f"catalog file not found: {path}")
     fmt = format or _guess_format(path)
-    kw = {"path": "catalog"} if fmt == "hdf5" else {}
+    # FITS columns are memory-mapped: only the columns read are copied into memory
+    kw = {"path": "catalog"} if fmt == "hdf5" else {"memmap": True} if fmt == "fits" else {}
     try:
         with warnings.catch_warnings():  # a truncated file is an error, not a warning
             warnings.filterwarnings("error", message=".*truncated.*")
@@ -679,6 +680,11 @@ def load_catalog(path, sdss: bool = False) -> Catalog:
     if not sdss:
         from astropy.table import Table
         fmt = _guess_format(path)
-        kw = {"path": "catalog"} if fmt == "hdf5" else {}
-        sdss = "MODELFLUX" in Table.read(path, format=fmt, **kw).colnames
+        if fmt == "fits":  # the header says it without reading the table
+            from astropy.io import fits
+            with fits.open(path, memmap=True) as hdul:
+                sdss = any(getattr(h, "columns", None) is not None and "MODELFLUX" in h.columns.names for h in hdul[1:2])
+        else:
+            kw = {"path": "catalog"} if fmt == "hdf5" else {}
+            sdss = "MODELFLUX" in Table.read(path, format=fmt, **kw).colnames
     return read_sdss_main(path) if sdss else read_catalog(path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -100,16 +101,72 @@ def test_mock_counts_slope_like_sdss(mock_tab, sdss):
     assert abs(s_mock - s_sdss) < 0.1, (s_mock, s_sdss)
 
 
-def test_prescreen_is_conservative(fwd, sdss):
-    """No galaxy that the pre-screen would skip passes the cut when observed."""
-    t = M.draw_mock(20000, seed=5, noise_model=sdss[1], model=fwd, return_all=True)
-    zg, lf = M._flux_bound_table(fwd, 2, (1e-3, M.Z_RANGE[1]))
-    screened = t["logM"] + M._bound_at(np.asarray(t["z"]), zg, lf) <= np.log10(10 ** (-0.4 * (17.77 - 22.5))) - 0.4
-    assert screened.mean() > 0.3
-    assert not np.any(np.asarray(t["selected"]) & screened)
-    # and the bound really bounds the noiseless flux
-    assert np.all(np.log10(np.maximum(t[f"flux_true_{R}"], 1e-30)) - t["logM"]
-                  <= M._bound_at(np.asarray(t["z"]), zg, lf) + 1e-4)
+@pytest.mark.parametrize("population", ["table2", "physical"])
+def test_visibility_bounds_bound(fwd, population):
+    """The per-draw bound is at least the forward model's flux and equal to it without dust;
+    the per-(z, logM) bound is at least every draw's flux per unit mass."""
+    import jax
+    import jax.numpy as jnp
+
+    from popsed_jax.physics.forward import forward_fluxes
+    from popsed_jax.survey import visibility as V
+
+    th = M.sample_table2(20000, 11) if population == "table2" else M.sample_physical(20000, 11)
+    th[:500, 9:] = 0.0  # some dust-free rows: the bound is exact there
+    table = jnp.asarray(V.band_flux_table(fwd, 2), jnp.float32)
+    b = np.asarray(jax.jit(V.flux_upper_bound)(fwd, table, th), float)
+    f = np.asarray(jax.jit(forward_fluxes)(fwd, th), float)[:, 2]
+    assert np.all(f <= b), np.max(f / b)
+    np.testing.assert_allclose(f[:500] * V.SAFETY, b[:500], rtol=2e-4)
+    z_edges, lfpm = V.visible_cells(fwd, table, M.Z_RANGE)
+    cell = np.searchsorted(z_edges, th[:, 0], side="right") - 1
+    per_mass = np.log10(np.maximum(f, 1e-300)) - th[:, 1]
+    assert np.all(per_mass <= lfpm[cell]), np.max(per_mass - lfpm[cell])
+    # and the region bound is attained: the brightest SED of the box (a dust-free burst at the
+    # youngest age allowed, or a single basis, at its best metallicity) reaches it within 0.12 dex
+    # (the cell's distance factor is its near end's: 0.09 dex brighter across a cell at z = 0.02)
+    zs = np.array([0.02, 0.1, 0.3])
+    rows = [(z, 0.0, k1, k2, k3, 0.01, fb, lz, 0.0, 0.0, 0.0) for z in zs
+            for (k1, k2, k3, fb) in [(1, 1, 1, 1.0), (0, 0, 0, 0.0), (1, 0, 0, 0.0), (1, 1, 0, 0.0), (1, 1, 1, 0.0)]
+            for lz in np.linspace(-2.2, 0.3, 11)]
+    ext = np.asarray(rows)
+    fe = np.log10(np.asarray(jax.jit(forward_fluxes)(fwd, ext), float)[:, 2]).reshape(3, -1).max(1)
+    gap = lfpm[np.searchsorted(z_edges, zs, side="right") - 1] - fe
+    assert np.all((gap >= 0) & (gap < 0.12)), gap
+
+
+def test_visible_sampler_is_the_restricted_prior():
+    """Drawing only where the survey can see = drawing the whole prior and keeping that region."""
+    from popsed_jax.survey import visibility as V
+
+    z_edges = np.linspace(M.Z_RANGE[0], M.Z_RANGE[1], 41)
+    lfpm = -9.0 - 2.0 * np.log10(z_edges[:-1] / z_edges[0])  # fainter with z, as a distance law
+    zx, zc = M.z_volume_cdf()
+    mx, mc = M.logm_baldry12_cdf()
+    s = V.visible_zlogm_sampler((zx, zc), (mx + M.FORMED_MINUS_SURVIVING_DEX, mc), z_edges, lfpm, 1.2)
+    z, lm = s(40000, np.random.default_rng(1))
+    zp, lmp = M.sample_zlogm_volume(400000, 2)
+    keep = lmp > 1.2 - lfpm[np.clip(np.searchsorted(z_edges, zp, side="right") - 1, 0, 39)]
+    assert abs(s.visible_fraction - keep.mean()) < 4 * np.sqrt(keep.mean() / keep.size)
+    assert stats.ks_2samp(z, zp[keep]).pvalue > 1e-3
+    assert stats.ks_2samp(lm, lmp[keep]).pvalue > 1e-3
+    assert np.all(lm > 1.2 - lfpm[np.searchsorted(z_edges, z, side="right") - 1])
+
+
+def test_prescreen_keeps_the_distribution(fwd, sdss):
+    """A mock drawn with the exact pre-screens and one drawn everywhere are the same population:
+    two-sample KS tests on z, mass, r and g - r, and far fewer forward-model calls."""
+    a = M.draw_mock(1500, seed=21, noise_model=sdss[1], model=fwd, population="physical")
+    b = M.draw_mock(1500, seed=22, noise_model=sdss[1], model=fwd, population="physical", prescreen=False)
+    ma, mb = (json.loads(t.meta["PSMETA"]) for t in (a, b))
+    assert ma["n_forward"] < 0.1 * mb["n_forward"], (ma["n_forward"], mb["n_forward"])
+    assert 0.1 < ma["visible_fraction"] < 0.6
+    for col in ("z", "logM_surviving", f"flux_{R}", "logZ"):
+        assert stats.ks_2samp(np.asarray(a[col]), np.asarray(b[col])).pvalue > 1e-3, col
+    gr = lambda t: _rmag(t[f"flux_{SDSS_UGRIZ[1]}"]) - _rmag(t[f"flux_{R}"])  # noqa: E731
+    assert stats.ks_2samp(gr(a), gr(b)).pvalue > 1e-3
+    # the acceptance over the whole prior agrees between the two
+    assert abs(np.log(ma["acceptance"] / mb["acceptance"])) < 0.15, (ma["acceptance"], mb["acceptance"])
 
 
 def test_round_trip_read_catalog(mock_tab, tmp_path):
