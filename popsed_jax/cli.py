@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -70,10 +71,19 @@ def _cmd_catalog_info(a):
 def _cmd_fit(a):
     import dataclasses
 
+    from .inference import distributed as dist
     from .inference.config import FitConfig
     from .products.runfolder import RunFolder
     from .products.runs import run_fit
 
+    # several processes (docs/distributed.md): JAX's distributed runtime starts before any computation
+    multi = dist.initialize(dist.launch_options(a.coordinator, a.num_processes, a.process_id, a.distributed))
+    if multi:
+        lay = dist.layout()
+        print(f"popsed-jax fit: process {lay['process_index']} of {lay['processes']}, {lay['devices']} {lay['platform']} "
+              f"devices in all ({', '.join(map(str, lay['devices_per_process']))} per process); process 0 writes {a.out}. "
+              "If a process dies the others stop (JAX's heartbeat timeout); then relaunch with --resume",
+              file=sys.stderr, flush=True)
     folder = RunFolder(a.out)
     if a.config:
         cfg = FitConfig.from_toml(a.config)
@@ -84,9 +94,17 @@ def _cmd_fit(a):
     over = {k: v for k, v in (("steps", a.steps), ("members", a.members), ("seed", a.seed)) if v is not None}
     cfg = dataclasses.replace(cfg, **over)
     t0 = time.perf_counter()
-    res = run_fit(a.catalog, cfg, a.out, resume=a.resume, noise_model=a.noise_model, n_samples=a.n_samples,
-                  overwrite=a.overwrite, force=a.force)
+    try:
+        res = run_fit(a.catalog, cfg, a.out, resume=a.resume, noise_model=a.noise_model, n_samples=a.n_samples,
+                      overwrite=a.overwrite, force=a.force)
+    except dist.ProcessLost as err:
+        # a peer is gone: exit at once, past JAX's exit-time shutdown barrier (which would abort waiting for it)
+        print(f"popsed-jax: error: {err}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
     s = res["summary"]
+    if multi and not dist.is_main():
+        return
     print(
         f"popsed-jax fit: {cfg.steps} steps x {cfg.members} member(s) in {time.perf_counter() - t0:.0f} s; "
         f"validation divergence {', '.join(f'{v:.4g}' for v in s['val_divergence'])} vs data floor {s['data_floor']:.4g}"
@@ -180,7 +198,9 @@ def _cmd_mock(args):
     kw = dict(path="catalog", serialize_meta=True) if fmt == "hdf5" else {}
     tab.write(args.out, format=fmt, overwrite=True, **kw)
     meta = json.loads(tab.meta["PSMETA"])
-    print(f"popsed-jax mock: {len(tab)} galaxies ({meta['n_drawn']} drawn, {meta['n_forward']} forward-modelled, "
+    drawn = (f"{meta['n_drawn']} drawn where the survey can see, {meta['visible_fraction']:.3f} of the prior"
+             if "visible_fraction" in meta else f"{meta['n_drawn']} drawn")
+    print(f"popsed-jax mock: {len(tab)} galaxies ({drawn}, {meta['n_forward']} forward-modelled, "
           f"{meta['rounds']} rounds) in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0
 
@@ -233,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are removed)")
     ft.add_argument("--force", action="store_true", help="with --resume: continue even if the catalog differs from the run's")
     ft.add_argument("--out", required=True, help="run folder")
+    dg = ft.add_argument_group("several processes or hosts (docs/distributed.md); Slurm and Open MPI launches of "
+                               "more than one task are detected")
+    dg.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                    help="process 0's host and a free port, the same in every process (env POPSED_COORDINATOR)")
+    dg.add_argument("--num-processes", type=int, default=None, help="number of processes (env POPSED_NUM_PROCESSES)")
+    dg.add_argument("--process-id", type=int, default=None, help="this process, 0..N-1; 0 writes the run folder (env POPSED_PROCESS_ID)")
+    dg.add_argument("--distributed", action="store_true", default=None,
+                    help="let JAX detect the launch (Slurm, Open MPI) even for one task (env POPSED_DISTRIBUTED=1; 0 turns detection off)")
     ft.set_defaults(func=_cmd_fit)
 
     ev = sub.add_parser("evaluate", help="score a run against a mock's true parameters (normalised W1)")

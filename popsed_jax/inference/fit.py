@@ -46,6 +46,7 @@ from ..survey.selection import select_catalog
 from . import flows
 from . import loss as loss_mod
 from .config import FitConfig
+from .distributed import to_host
 from .prior import log_prior_ratio
 
 __all__ = [
@@ -125,13 +126,17 @@ class FitProblem:
 
     @functools.cached_property
     def _validator(self):
+        return jax.jit(self._validate_members)
+
+    @functools.cached_property
+    def _validate_members(self):
         def members(params, st, obs_val, eps, key):
             keys = jnp.broadcast_to(key, (jax.tree_util.tree_leaves(params)[0].shape[0],) + key.shape)
             _, feats, w, _, _ = simulate_members(self, st, params, keys, self.cfg.n_val, 1.0)
             one = lambda x, ww: self.val_loss_fn(x, obs_val, eps, key, a=ww)[0]  # noqa: E731
             return jax.vmap(one, in_axes=(0, None if w is None else 0))(feats, w)
 
-        return jax.jit(members)
+        return members
 
 
 class FitState(NamedTuple):
@@ -169,7 +174,8 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: NoiseModel | None = None,
     """Select the catalog, fit the noise model, build the forward model, the features and the split."""
     if cfg.limit:
         cat = select_catalog(cat, cfg.limit)
-    n_val = int(round(cfg.val_fraction * cat.n))
+    # the validation divergence's cost grows with the split: at most VAL_MAX galaxies, the rest train
+    n_val = min(int(round(cfg.val_fraction * cat.n)), VAL_MAX)
     n_train = cat.n - n_val
     if n_train < cfg.batch_obs or n_val < 2:
         raise ValueError(
@@ -223,6 +229,20 @@ def simulate_members(problem: FitProblem, st, params, keys, n: int, noise_scale=
     return theta, feats, w, noisy, jnp.mean(log_ratio, axis=-1)
 
 
+VAL_MAX = 20_000  # largest validation split (galaxies)
+EXACT_MINIBATCH_MAX = 65_536  # above this many observed galaxies, minibatches are drawn with replacement
+
+
+def minibatch_index(key, n: int, b: int):
+    """Indices (b,) of one observed minibatch out of n galaxies: without replacement up to
+    ``EXACT_MINIBATCH_MAX`` (``jax.random.choice`` permutes all n: O(n log n) a step), with
+    replacement above (O(b), so a step costs the same for 1e4 or 1e8 galaxies; repeats are
+    rare there: b^2 / 2n ~ 2 of 2048 at n = 1e6)."""
+    if n <= EXACT_MINIBATCH_MAX:
+        return jax.random.choice(key, n, (b,), replace=False)
+    return jax.random.randint(key, (b,), 0, n)
+
+
 def _members_loss(problem: FitProblem, st, params, keys, obs_all, eps, noise_scale):
     """Per-member training loss (K,) and aux, for stacked params and keys (K, 2): each member
     gets its own samples, observed minibatch and loss key; the members are independent, so
@@ -232,7 +252,7 @@ def _members_loss(problem: FitProblem, st, params, keys, obs_all, eps, noise_sca
     theta, feats, w, _, kl = simulate_members(problem, st, params, ks[:, 0], cfg.n_sim, noise_scale)
     if cfg.prior != "flat":  # KL(q || prior) = KL(q || p_ref) - E_q[log(prior / p_ref)]
         kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi), axis=-1)
-    idx = jax.vmap(lambda kk: jax.random.choice(kk, obs_all.shape[0], (cfg.batch_obs,), replace=False))(ks[:, 1])
+    idx = jax.vmap(lambda kk: minibatch_index(kk, obs_all.shape[0], cfg.batch_obs))(ks[:, 1])
 
     def one(x, y, kk, ww):
         return problem.loss_fn(x, y, eps, kk, a=ww)
@@ -273,7 +293,9 @@ def _core_step(problem: FitProblem, tx, mesh=None):
 
 
 def ensemble_mesh(k: int):
-    """A 1-D device mesh over the ensemble axis when several devices can split K evenly."""
+    """A 1-D device mesh over the ensemble axis when several devices can split K evenly. In a
+    distributed run (``popsed_jax.inference.distributed``) ``jax.devices()`` are every process's:
+    the mesh spans them all and each process computes the members of its own devices."""
     n = len(jax.devices())
     if n <= 1 or k % n != 0:
         return None
@@ -309,8 +331,9 @@ def make_step(problem: FitProblem, mesh=None):
         keys = member_keys(state.key, cfg.members, i)
         params, opt_state, loss_v, gnorm, conv = core(state.params, state.opt_state, keys, problem.statics, problem.obs_train,
                                                       jnp.float32(eps), jnp.float32(ns))
-        metrics = {"loss": np.asarray(loss_v), "grad_norm": np.asarray(gnorm), "converged": np.asarray(conv),
-                   "epsilon": eps, "noise_scale": ns}
+        # members spread over several processes are gathered, so every process sees all of them
+        loss_v, gnorm, conv = to_host((loss_v, gnorm, conv))
+        metrics = {"loss": loss_v, "grad_norm": gnorm, "converged": conv, "epsilon": eps, "noise_scale": ns}
         return FitState(params, opt_state, i + 1, state.key), metrics
 
     return step
@@ -319,10 +342,22 @@ def make_step(problem: FitProblem, mesh=None):
 # ----------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------
-def validate(problem: FitProblem, params, eps: float, seed: int = 999) -> np.ndarray:
-    """Per-member divergence between simulated (real noise) and held-out observed features. (K,)"""
+def validate(problem: FitProblem, params, eps: float, seed: int = 999, mesh=None) -> np.ndarray:
+    """Per-member divergence between simulated (real noise) and held-out observed features. (K,)
+
+    ``mesh``: validate each device's members on that device (``shard_map`` over "ens", as the
+    step); for params spread over several processes, whose results are then gathered."""
     key = jax.random.PRNGKey(seed)
-    return np.asarray(problem._validator(params, problem.statics, problem.obs_val, jnp.float32(eps), key))
+    fn = problem._validator if mesh is None else _sharded_validator(problem, mesh)
+    return to_host(fn(params, problem.statics, problem.obs_val, jnp.float32(eps), key))
+
+
+@functools.lru_cache(maxsize=8)
+def _sharded_validator(problem: FitProblem, mesh):
+    from jax.sharding import PartitionSpec as P
+
+    return jax.jit(jax.shard_map(problem._validate_members, mesh=mesh, in_specs=(P("ens"), P(), P(), P(), P()), out_specs=P("ens"),
+                                 check_vma=False))
 
 
 def data_floor(problem: FitProblem, eps: float, seed: int = 998) -> float:

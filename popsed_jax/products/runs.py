@@ -6,6 +6,7 @@ writes and reads (a :class:`~popsed_jax.products.runfolder.RunFolder`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import FitDiverged, FitInterrupted, PopsedError
+from ..inference import distributed as dist
 from ..inference import fit as fitlib
 from ..inference.config import FLAG_RATIO, FitConfig
 from ..physics.params import with_log_sfr
@@ -49,12 +51,20 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
     raises :class:`FitDiverged` naming the step, member and quantity; the last good checkpoint
     is kept. SIGINT / SIGTERM stop at the next step boundary with a checkpoint and raise
     :class:`FitInterrupted`.
+
+    Distributed (``popsed_jax.inference.distributed``, several processes): every process calls
+    this with the same problem; the members are sharded over all processes' devices, each
+    process steps its own, and the metrics, checkpoints and final parameters are gathered. Only
+    process 0 writes the folder; a signal in any process stops all of them at the same step.
     """
     from tqdm.auto import tqdm
 
     cfg = problem.cfg
-    folder = RunFolder(run).create()
-    folder.write_config(cfg)
+    multi, main = dist.is_multiprocess(), dist.is_main()
+    folder = RunFolder(run)
+    if main:
+        folder.create()
+        folder.write_config(cfg)
     state = fitlib.init(problem)
     history = {k: [] for k in _HISTORY_KEYS}
     if resume:
@@ -62,7 +72,10 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
         if ck is not None:
             params, opt_state, start, history = ck
             state = state._replace(params=params, opt_state=opt_state, step=start)
-    mesh = fitlib.ensemble_mesh(cfg.members) if shard is not False else None
+    mesh = fitlib.ensemble_mesh(cfg.members) if shard is not False or multi else None
+    if multi:
+        dist.check_members(cfg.members)
+        state = state._replace(params=dist.to_host(state.params), opt_state=dist.to_host(state.opt_state))
     if mesh is not None:
         from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -70,7 +83,14 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
         state = state._replace(params=params, opt_state=opt_state)
     step = fitlib.make_step(problem, mesh)
     start = state.step
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="popsed-jax fit", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="popsed-jax fit", disable=not (progress and main),
+               dynamic_ncols=True)
+    val_mesh = mesh if multi else None  # one process: validation as before (jit over the sharded params)
+
+    def save(done):  # a collective in a distributed run: all processes gather, process 0 writes
+        params, opt_state = dist.to_host((state.params, state.opt_state)) if multi else (state.params, state.opt_state)
+        if main:
+            folder.save_checkpoint(done, params, opt_state, history)
     t0 = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)  # seconds accumulate over resumes
     last_good = start
     with _StopOnSignals() as stop:
@@ -100,20 +120,22 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
             done = i + 1
             if done % cfg.val_every == 0 or done == cfg.steps:
                 history["val_step"].append(done)
-                history["val"].append(fitlib.validate(problem, state.params, eps).tolist())
+                history["val"].append(fitlib.validate(problem, state.params, eps, mesh=val_mesh).tolist())
+            stopping = dist.any_process(stop.signal is not None) if multi else stop.signal is not None
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                folder.save_checkpoint(done, state.params, state.opt_state, history)
+                save(done)
                 last_good = done
-            elif stop.signal is not None:
-                folder.save_checkpoint(done, state.params, state.opt_state, history)
-            if stop.signal is not None:
+            elif stopping:
+                save(done)
+            if stopping:
                 bar.close()
+                by = signal.Signals(stop.signal).name if stop.signal is not None else "a signal to another process"
                 raise FitInterrupted(
-                    f"stopped by {signal.Signals(stop.signal).name} after step {done} of {cfg.steps}, checkpoint written "
+                    f"stopped by {by} after step {done} of {cfg.steps}, checkpoint written "
                     f"in {folder['checkpoints']}; continue with the same command and --resume")
     bar.close()
     eps_final = fitlib.epsilon_at(cfg, cfg.steps - 1)
-    val = fitlib.validate(problem, state.params, eps_final)
+    val = fitlib.validate(problem, state.params, eps_final, mesh=val_mesh)
     floor = fitlib.data_floor(problem, eps_final)
     ratio = val / floor if floor > 0 else np.full_like(val, np.inf)
     flagged = [int(k) for k in np.nonzero(~np.isfinite(val) | (ratio > FLAG_RATIO))[0]]
@@ -121,12 +143,15 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
         "steps": cfg.steps, "members": cfg.members, "epsilon_final": eps_final,
         "val_divergence": val.tolist(), "data_floor": floor, "val_over_floor": ratio.tolist(),
         "flagged_members": flagged, "seconds": time.perf_counter() - t0,
-        "devices": len(jax.devices()), "sharded": mesh is not None,
+        "devices": len(jax.devices()), "processes": jax.process_count(),
+        "devices_per_process": dist.layout()["devices_per_process"], "sharded": mesh is not None,
         "training_loss": fitlib.training_loss(cfg),
     }
-    folder.write_json("summary", summary)
-    folder.write_json("history", history, indent=None)
-    return {"summary": summary, "params": state.params, "history": history}
+    params = dist.to_host(state.params) if multi else state.params
+    if main:
+        folder.write_json("summary", summary)
+        folder.write_json("history", history, indent=None)
+    return {"summary": summary, "params": params, "history": history}
 
 
 class _StopOnSignals:
@@ -179,21 +204,58 @@ def run_fit(catalog, cfg: FitConfig | None = None, out="runs/fit", resume=False,
     is written. A folder holding another run is refused unless ``overwrite`` (which clears
     it) or ``resume`` (which must be of the same catalog, unless ``force``); a folder in use
     by a running fit is refused (RUN/.lock).
+
+    Distributed (after ``popsed_jax.inference.distributed.initialize``): every process calls
+    this with the same arguments; the members are trained over all processes' devices and only
+    process 0 writes ``out`` (docs/distributed.md). The other processes return samples None.
     """
     cfg = cfg or FitConfig()
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
     noise = load_noise_model(noise_model) if noise_model else None
     problem = fitlib.prepare(cat, cfg, noise)
     info = catalog_identity(catalog, cat)
+    if dist.is_multiprocess():
+        return _run_fit_distributed(problem, cat, info, out, resume, n_samples, progress, fail_at, overwrite, force)
     folder = RunFolder(out).create()
     with folder.lock():
-        folder.check_new_run(info, resume=resume, overwrite=overwrite, force=force)
-        folder.write_json("run_info", info)
-        folder.write_noise_model(problem.noise)
-        if not folder.exists("noise_plot"):
-            plots.plot_noise_model(problem.noise, cat, folder["noise_plot"])
+        _start_run(folder, problem, cat, info, resume, overwrite, force)
         res = train(problem, folder, resume=resume, progress=progress, fail_at=fail_at)
         res["samples"] = write_products(problem, cat, folder, res, n_samples)
+    return res
+
+
+def _start_run(folder: RunFolder, problem, cat, info, resume, overwrite, force):
+    folder.check_new_run(info, resume=resume, overwrite=overwrite, force=force)
+    folder.write_json("run_info", info)
+    folder.write_noise_model(problem.noise)
+    if not folder.exists("noise_plot"):
+        plots.plot_noise_model(problem.noise, cat, folder["noise_plot"])
+
+
+def _run_fit_distributed(problem, cat, info, out, resume, n_samples, progress, fail_at, overwrite, force):
+    """run_fit in every process of a distributed run: process 0 takes the folder (lock, checks,
+    run_info, noise model), all train their members, process 0 writes the products. Returns
+    samples None in the other processes. The folder must be one all processes see (resume
+    reads its checkpoints in each)."""
+    dist.check_members(problem.cfg.members)
+    main = dist.is_main()
+    folder = RunFolder(out)
+    with contextlib.ExitStack() as stack:
+        err = None
+        if main:
+            try:
+                folder.create()
+                stack.enter_context(folder.lock())
+                _start_run(folder, problem, cat, info, resume, overwrite, force)
+            except Exception as e:  # told to the other processes first, then raised here
+                err = e
+        with dist.stop_if_a_process_dies():
+            dist.agree(err is None, f"process 0 could not start the run in {out} (its error says why); stopped")
+        if err is not None:
+            raise err
+        with dist.stop_if_a_process_dies(out):
+            res = train(problem, folder, resume=resume, progress=progress, fail_at=fail_at)
+        res["samples"] = write_products(problem, cat, folder, res, n_samples) if main else None
     return res
 
 
