@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping
 
@@ -35,12 +36,13 @@ import numpy as np
 from ..errors import PopsedError
 
 __all__ = ["ENV", "ProcessLost", "stop_if_a_process_dies", "LaunchOptions", "launch_options", "initialize", "is_multiprocess", "is_main", "layout",
-           "to_host", "agree", "any_process", "check_members"]
+           "to_host", "agree", "any_process", "same_everywhere", "tell_others", "wait_for_main", "check_members"]
 
 ENV = {
     "coordinator": "POPSED_COORDINATOR", "num_processes": "POPSED_NUM_PROCESSES", "process_id": "POPSED_PROCESS_ID",
     "distributed": "POPSED_DISTRIBUTED", "heartbeat_timeout": "POPSED_HEARTBEAT_TIMEOUT",
     "shutdown_timeout": "POPSED_SHUTDOWN_TIMEOUT", "init_timeout": "POPSED_INIT_TIMEOUT",
+    "products_timeout": "POPSED_PRODUCTS_TIMEOUT",
 }
 
 
@@ -228,6 +230,48 @@ def agree(ok: bool, what: str) -> None:
     raise PopsedError(``what``) (the failing one raises its own error after this)."""
     if any_process(not ok) and ok:
         raise PopsedError(what)
+
+
+def same_everywhere(text: str, what: str) -> None:
+    """A collective check that every process holds the same ``text`` (compared by SHA-256): where
+    some differ from process 0, every process raises PopsedError(``what``), with ``{bad}`` in it
+    replaced by the list of differing process indices."""
+    if not is_multiprocess():
+        return
+    from jax.experimental import multihost_utils
+
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:16], np.int32)
+    every = np.asarray(multihost_utils.process_allgather(digest))  # (processes, 4)
+    bad = [i for i in range(every.shape[0]) if not np.array_equal(every[i], every[0])]
+    if bad:
+        raise PopsedError(what.replace("{bad}", str(bad)))
+
+
+def _client():
+    from jax._src import distributed as _d  # the coordination service client jax.distributed started
+
+    return _d.global_state.client
+
+
+def tell_others(key: str, message: str = "") -> None:
+    """Process 0: publish ``message`` ('' = success) under ``key`` in the coordination service,
+    for :func:`wait_for_main` in the other processes."""
+    if is_multiprocess():
+        _client().key_value_set(f"popsed/{key}", message or "ok")
+
+
+def wait_for_main(key: str, timeout_s: float | None = None) -> str:
+    """The other processes: wait until process 0 publishes ``key`` (:func:`tell_others`); returns
+    its message ('' = success). The wait is on the coordination service, not a device
+    collective, so it may be long (process 0 writing the products of a large run); timeout
+    ``POPSED_PRODUCTS_TIMEOUT`` seconds (default 3 h). A dead process 0 is caught by the
+    heartbeat as everywhere else."""
+    if not is_multiprocess():
+        return ""
+    if timeout_s is None:
+        timeout_s = float(os.environ.get(ENV["products_timeout"], 3 * 3600))
+    msg = _client().blocking_key_value_get(f"popsed/{key}", int(timeout_s * 1000))
+    return "" if msg == "ok" else msg
 
 
 def check_members(members: int) -> None:

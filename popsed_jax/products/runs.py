@@ -75,6 +75,9 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
     mesh = fitlib.ensemble_mesh(cfg.members) if shard is not False or multi else None
     if multi:
         dist.check_members(cfg.members)
+        dist.same_everywhere(str(state.step), f"processes {{bad}} resumed from another checkpoint than process 0 (step "
+                                              f"{state.step} there): the run folder {folder.path} must be one file system "
+                                              "that every process sees; stopped")
         state = state._replace(params=dist.to_host(state.params), opt_state=dist.to_host(state.opt_state))
     if mesh is not None:
         from jax.sharding import NamedSharding, PartitionSpec as P
@@ -89,8 +92,17 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
 
     def save(done):  # a collective in a distributed run: all processes gather, process 0 writes
         params, opt_state = dist.to_host((state.params, state.opt_state)) if multi else (state.params, state.opt_state)
+        err = None
         if main:
-            folder.save_checkpoint(done, params, opt_state, history)
+            try:
+                folder.save_checkpoint(done, params, opt_state, history)
+            except Exception as e:  # told to the other processes first, so that they stop too
+                err = e
+        if multi:
+            dist.agree(err is None, f"process 0 could not write the checkpoint of step {done} in {folder['checkpoints']} "
+                                    "(its error says why); stopped")
+        if err is not None:
+            raise err
     t0 = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)  # seconds accumulate over resumes
     last_good = start
     with _StopOnSignals() as stop:
@@ -240,6 +252,14 @@ def _run_fit_distributed(problem, cat, info, out, resume, n_samples, progress, f
     dist.check_members(problem.cfg.members)
     main = dist.is_main()
     folder = RunFolder(out)
+    launch = json.dumps({"config": problem.cfg.to_dict(), "out": os.path.normpath(os.fspath(out)), "resume": bool(resume),
+                         "catalog": {k: info.get(k) for k in ("catalog_sha256", "n_catalog", "bands")}},
+                        sort_keys=True, default=str)
+    with dist.stop_if_a_process_dies():
+        dist.same_everywhere(launch, "processes {bad} of the distributed run were launched with another catalog, "
+                                     "configuration (seed, steps, members...), --out or --resume than process 0: every "
+                                     "process must run the same command. (Independent fits launched as one Slurm or MPI "
+                                     f"job of several tasks: set {dist.ENV['distributed']}=0 so that each runs alone.)")
     with contextlib.ExitStack() as stack:
         err = None
         if main:
@@ -255,7 +275,20 @@ def _run_fit_distributed(problem, cat, info, out, resume, n_samples, progress, f
             raise err
         with dist.stop_if_a_process_dies(out):
             res = train(problem, folder, resume=resume, progress=progress, fail_at=fail_at)
-        res["samples"] = write_products(problem, cat, folder, res, n_samples) if main else None
+        # the others wait (on the coordination service) until process 0 has written the products, so
+        # that JAX's exit barrier cannot time out on a long write and end process 0 half-way
+        if main:
+            try:
+                res["samples"] = write_products(problem, cat, folder, res, n_samples)
+            except Exception as e:
+                dist.tell_others("products", f"{type(e).__name__}: {e}")
+                raise
+            dist.tell_others("products")
+        else:
+            res["samples"] = None
+            msg = dist.wait_for_main("products")
+            if msg:
+                raise PopsedError(f"process 0 could not write the products of {out}: {msg}")
     return res
 
 

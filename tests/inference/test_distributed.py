@@ -156,3 +156,18 @@ def test_a_dead_process_stops_the_other_and_resume_finishes(tmp_path):
     h = json.loads((run / "history.json").read_text())
     assert h["step"] == list(range(10))
     assert (run / "checkpoints" / "step_0000010.msgpack").exists() and (run / "samples.fits").exists()
+
+
+def test_processes_launched_with_different_commands_are_refused(tmp_path):
+    """A Slurm sweep like `srun -n2 popsed-jax fit ... --seed $SLURM_PROCID` must not silently become one
+    run mixing the members of two configurations: every process stops, naming the odd one out."""
+    cfg = _config(tmp_path / "fit.toml")
+    port = _free_port()
+    procs = [_fit(cfg, tmp_path / "run", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                  "--process-id", str(i), "--seed", str(i), env=_env(2)) for i in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode != 0
+        assert "processes [1] of the distributed run were launched with another" in err, err[-3000:]
+        assert "POPSED_DISTRIBUTED=0" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
