@@ -51,8 +51,8 @@ draws everywhere, with the same distribution): with the default (z, logM) prior 
 where the brightest unit-mass SED could reach the limit (~1/3 of the prior), and it
 forward-models only draws whose exact dust-free flux bound (one contraction of the SSP
 weights with a table of SSP band fluxes per redshift cell) reaches the limit less a noise
-margin (~3% of those), so a 10,000-galaxy mock costs ~3 forward-model evaluations per
-selected galaxy instead of ~130.
+margin (~7% of those for the Table-2 population), so a mock costs ~3-5 forward-model
+evaluations per selected galaxy instead of ~130.
 """
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def sample_logm_baldry12(n, rng, logm_range=(LOGM_RANGE[0] - FORMED_MINUS_SURVIV
 
 
 def sample_zlogm_volume(n, rng, z_range=Z_RANGE):
-    """Default (z, logM formed) sampler: volume-weighted z, Baldry+12 masses + 0.33 dex."""
+    """Default (z, logM formed) sampler: volume-weighted z, Baldry+12 masses + FORMED_MINUS_SURVIVING_DEX."""
     rng = _rng(rng)
     z = sample_z_volume(n, rng, z_range)
     logm = sample_logm_baldry12(n, rng) + FORMED_MINUS_SURVIVING_DEX
@@ -485,14 +485,23 @@ def _visible_setup(model, noise_model, kb, f_lim, zlogm_sampler):
     def can_pass(theta, chunk=32768):
         if not len(theta):
             return np.zeros(0, bool)
-        return _padded_chunks(lambda t: bound(model, table, t), theta, min(chunk, len(theta))) > 10 ** log_f_min
+        return _padded_chunks(lambda t: bound(model, table, t), theta, _chunk_rows(len(theta), chunk)) > 10 ** log_f_min
 
     return zlogm_sampler, can_pass, meta
 
 
+def _chunk_rows(n, chunk, least=1024):
+    """Rows per chunk for n rows: ``chunk``, or for fewer rows the next power of two (at least
+    ``least``), so that the small last rounds of a mock reuse a few compiled shapes."""
+    return int(min(chunk, max(least, 1 << max(int(n) - 1, 0).bit_length())))
+
+
 def _padded_chunks(fn, theta, chunk):
     """fn over theta (N, P) in chunks of exactly `chunk` rows (the last one padded), so that a
-    jitted fn compiles once whatever N; the outputs' rows are concatenated (numpy)."""
+    jitted fn compiles once whatever N; the outputs' rows are concatenated (numpy). N = 0
+    gives fn's outputs with no rows."""
+    if not len(theta):
+        return jax.tree_util.tree_map(lambda a: np.asarray(a)[:0], fn(np.zeros((chunk, np.shape(theta)[1]), np.float32)))
     out = []
     for i in range(0, len(theta), chunk):
         t = theta[i:i + chunk]
@@ -507,8 +516,8 @@ _forward_noisy = jax.jit(lambda model, obs, theta, key: (lambda f: (f, *noisy_fl
 
 def _observe(model, obs, theta, key, chunk=16384):
     """Noiseless fluxes, noisy fluxes and the errors drawn, each (N, B) float64 [nmgy]."""
-    chunk = min(chunk, max(len(theta), 1))
-    keys = iter(jax.random.split(key, -(-len(theta) // chunk)))
+    chunk = _chunk_rows(len(theta), chunk)
+    keys = iter(jax.random.split(key, max(-(-len(theta) // chunk), 1)))
     flux, noisy, sigma = _padded_chunks(lambda t: _forward_noisy(model, obs, t, next(keys)), theta, chunk)
     return flux.astype(np.float64), noisy.astype(np.float64), sigma.astype(np.float64)
 
@@ -556,6 +565,8 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
     theta_in = None
     if params_table is not None:
         theta_in = theta_from_columns(params_table)
+        if not len(theta_in):
+            raise ValueError("the parameter table (params_table / --params) has no rows: nothing to observe")
         z_max = max(z_range[1], float(np.max(theta_in[:, 0])))
     else:
         if n is None or int(n) < 1:

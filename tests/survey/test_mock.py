@@ -182,6 +182,17 @@ def test_round_trip_read_catalog(mock_tab, tmp_path):
         np.testing.assert_allclose(cat.z_spec, mock_tab["z"])
 
 
+def test_empty_params_table_is_refused_and_no_rows_compute_nothing(fwd, sdss):
+    from astropy.table import Table
+
+    with pytest.raises(ValueError, match="has no rows"):
+        M.draw_mock(None, noise_model=sdss[1], model=fwd, params_table=Table({k: np.zeros(0) for k in PARAM_NAMES}))
+    assert M._chunk_rows(0, 16384) == 1024 and M._chunk_rows(3000, 16384) == 4096 and M._chunk_rows(10**6, 16384) == 16384
+    calls = []
+    out = M._padded_chunks(lambda t: (calls.append(t.shape), t[:, :2] * 2.0)[1], np.zeros((0, 11)), 8)
+    assert out.shape == (0, 2) and calls == [(8, 11)]
+
+
 def test_params_table_and_cli(fwd, sdss, tmp_path):
     from astropy.table import Table
 
