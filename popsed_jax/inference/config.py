@@ -109,7 +109,7 @@ class FitConfig:
                                isinstance(x, (int, float)) for x in v) and v[0] < v[1]) else "must be a pair (lo, hi), lo < hi")
     kl_weight: float = _f(3e-3, "Population prior",
                           "weight of KL(population || starting distribution) [nats] added to the training loss", _number(0))
-    val_fraction: float = _f(0.1, "Validation", "held-out fraction of the catalog (at most fit.VAL_MAX = 20,000 galaxies)", _number(0, 0.9, lo_open=True))
+    val_fraction: float = _f(0.1, "Validation", "held-out fraction of the catalog (at most fit.VAL_MAX = 8,192 galaxies)", _number(0, 0.9, lo_open=True))
     n_val: int = _f(2048, "Validation", "simulated points per validation divergence", _int_at_least(2))
     val_every: int = _f(100, "Validation", "validate every N steps", _int_at_least(1))
     checkpoint_every: int = _f(100, "Bookkeeping", "checkpoint every N steps", _int_at_least(1))
