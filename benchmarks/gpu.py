@@ -10,7 +10,7 @@ prove the script works at small N). Measures, best of 3 after a warm-up:
 - the Sinkhorn divergence value+gradient at N = 1e4 a side, epsilon 0.05: ott-jax's sinkdiv and
   this package's scaling solver (--small: N = 1,000);
 - one whole population fit (`run_fit`, default configuration, 1200 steps) of a 1e5-galaxy
-  Table-2 mock drawn there (`draw_mock`, seed 7; --small: 2,000 galaxies, 40 steps): the
+  Table-2 mock drawn there (`draw_mock`, seed 7; --small: 5,000 galaxies, 40 steps): the
   mock's and the fit's wall time and the fit's validation / floor.
 Prints one summary line and writes JSON with the device's name.
 """
@@ -91,14 +91,14 @@ def main(argv=None):
 
 
 def whole_flow(small: bool) -> dict:
-    """Draw a Table-2 mock (1e5 selected galaxies; small: 2,000) and fit it end to end."""
+    """Draw a Table-2 mock (1e5 selected galaxies; small: 5,000) and fit it end to end."""
     import tempfile
 
     from popsed_jax.inference.config import FitConfig
     from popsed_jax.products.runs import run_fit
     from popsed_jax.survey.mock import draw_mock
 
-    n, steps = (2_000, 40) if small else (100_000, FitConfig().steps)
+    n, steps = (5_000, 40) if small else (100_000, FitConfig().steps)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         mock = draw_mock(n, seed=7)
