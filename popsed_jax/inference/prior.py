@@ -6,6 +6,10 @@ a prior is p_ref times a density ratio, so KL(q || prior) = KL(q || p_ref) - E_q
 estimated from the step's own flow samples. Presets (``FitConfig.prior``):
 
 - ``"flat"``: the paper's, prior = p_ref (the box, and the volume prior in z).
+- ``"mzr+smf"``: ``"mzr"`` with log M following the galaxy stellar mass function of Baldry et
+  al. (2012, MNRAS 421, 621; GAMA z < 0.06, Chabrier; ``physics.relations.baldry12_smf``, in log form) at
+  log M* = logM - 0.23, normalised on the box: with the volume prior in z it is the number
+  density of galaxies per unit volume and mass, the population that the default mocks draw.
 - ``"mzr"``: p_ref with log Z replaced by the stellar mass-metallicity relation of Gallazzi et
   al. (2005, MNRAS 362, 41; SDSS DR2, BC03, Chabrier): at log M* = logM - 0.23 (formed to
   surviving mass, ``mock.FORMED_MINUS_SURVIVING_DEX``), log Z/Zsun follows two half-normals
@@ -28,11 +32,11 @@ import numpy as np
 from jax.scipy.special import ndtr
 
 from ..physics.params import IDX, ZSUN
-from ..physics.relations import GALLAZZI05
+from ..physics.relations import BALDRY12, GALLAZZI05, H_SHIFT_DEX
 
-__all__ = ["PRIORS", "log_prior_ratio", "mzr_log_density", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH"]
+__all__ = ["PRIORS", "log_prior_ratio", "mzr_log_density", "smf_log_density", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH"]
 
-PRIORS = ("flat", "mzr")
+PRIORS = ("flat", "mzr", "mzr+smf")
 FORMED_TO_SURVIVING_DEX = 0.23  # median logM_formed - logM_surviving of the project's populations (mock.py)
 MZR_MIN_WIDTH = 0.1  # dex: floor of the split-normal half-widths
 _G05_TO_MODEL = math.log10(0.02 / ZSUN)  # log Z/Zsun(0.02) -> log Z/Zsun(0.019)
@@ -65,12 +69,36 @@ def mzr_log_density(log_z, log_m_formed, lo: float, hi: float):
     return _two_half_normals_logpdf(log_z, p50, s1, s2) - jnp.log(2.0 * jnp.maximum(half_mass, 1e-30))
 
 
+def _log_baldry12(log_m_surv, xp):
+    """ln of the Baldry+12 double Schechter per dex, up to a constant, in log space (no underflow
+    where exp(-M/M*) leaves float32 at log M > 12.6): -x + ln(phi1 x^(a1+1) + phi2 x^(a2+1)),
+    x = M/M*, M* at Planck15's h (``physics.relations.baldry12_smf``, which this equals up to
+    the factor ln10 (h/0.7)^3)."""
+    p = BALDRY12
+    lnx = (log_m_surv - p["logMstar"] - H_SHIFT_DEX) * math.log(10.0)
+    return -xp.exp(lnx) + xp.logaddexp(math.log(p["phi1"]) + (p["alpha1"] + 1) * lnx,
+                                        math.log(p["phi2"]) + (p["alpha2"] + 1) * lnx)
+
+
+def smf_log_density(log_m_formed, lo: float, hi: float):
+    """log p(logM formed) [per dex] of the Baldry+12 mass function at log M* = logM - 0.23,
+    normalised on the box's formed-mass range [lo, hi]; differentiable, finite on the whole box."""
+    grid = np.linspace(lo, hi, 4001)
+    v = np.exp(_log_baldry12(grid - FORMED_TO_SURVIVING_DEX, np))
+    log_norm = math.log(float(np.sum(0.5 * (v[1:] + v[:-1]) * np.diff(grid))))
+    return _log_baldry12(log_m_formed - FORMED_TO_SURVIVING_DEX, jnp) - log_norm
+
+
 def log_prior_ratio(theta, prior: str, lo, hi):
     """log(prior / p_ref) at theta (n, 11), for the box ``lo``, ``hi`` (11,) -> (n,)."""
     if prior == "flat":
         return jnp.zeros(theta.shape[:-1], theta.dtype)
-    if prior == "mzr":
-        j = IDX["logZ"]
+    if prior in ("mzr", "mzr+smf"):
+        j, m = IDX["logZ"], IDX["logM"]
         lz_lo, lz_hi = float(np.asarray(lo)[j]), float(np.asarray(hi)[j])
-        return mzr_log_density(theta[..., j], theta[..., IDX["logM"]], lz_lo, lz_hi) + math.log(lz_hi - lz_lo)
+        out = mzr_log_density(theta[..., j], theta[..., m], lz_lo, lz_hi) + math.log(lz_hi - lz_lo)
+        if prior == "mzr+smf":
+            lm_lo, lm_hi = float(np.asarray(lo)[m]), float(np.asarray(hi)[m])
+            out = out + smf_log_density(theta[..., m], lm_lo, lm_hi) + math.log(lm_hi - lm_lo)
+        return out
     raise ValueError(f"prior must be one of {list(PRIORS)}, got {prior!r}")

@@ -70,7 +70,7 @@ from ..physics.forward import (PARAM_NAMES, build_forward_model, check_theta, de
 from ..physics.dust import LAM_V, RV_C00, calzetti00_k
 from ..physics.params import ZSUN
 from ..physics.photometry import SDSS_UGRIZ, mag_to_flux
-from ..physics.relations import BALDRY12, H_SHIFT_DEX, gallazzi05_mzr, speagle14_sfms
+from ..physics.relations import baldry12_smf, gallazzi05_mzr, speagle14_sfms
 from .observation import is_selected, make_observation, noisy_fluxes
 
 __all__ = [
@@ -134,11 +134,8 @@ def logm_baldry12_cdf(logm_range=(LOGM_RANGE[0] - FORMED_MINUS_SURVIVING_DEX,
                                   LOGM_RANGE[1] - FORMED_MINUS_SURVIVING_DEX)):
     """(log10 surviving mass nodes, CDF) of the Baldry+12 double Schechter (Planck15 h):
     what :func:`sample_logm_baldry12` inverts."""
-    p = BALDRY12
     lm = np.linspace(logm_range[0], logm_range[1], 4001)
-    x = 10.0 ** (lm - p["logMstar"] - H_SHIFT_DEX)
-    pdf = np.log(10) * np.exp(-x) * (p["phi1"] * x ** (p["alpha1"] + 1) + p["phi2"] * x ** (p["alpha2"] + 1))
-    return _cdf_table(lm, pdf)
+    return _cdf_table(lm, baldry12_smf(lm))
 
 
 def sample_z_volume(n, rng, z_range=Z_RANGE):

@@ -10,7 +10,7 @@ import pytest
 
 from popsed_jax.inference import fit as fitlib
 from popsed_jax.inference.config import FitConfig
-from popsed_jax.inference.prior import log_prior_ratio, mzr_log_density
+from popsed_jax.inference.prior import log_prior_ratio, mzr_log_density, smf_log_density
 from popsed_jax.physics.relations import gallazzi05_mzr
 from popsed_jax.survey.catalog import read_sdss_main
 
@@ -52,6 +52,49 @@ def test_flat_prior_ratio_is_zero_and_mzr_prefers_metal_rich_massive_galaxies():
     assert r[0] > 0 > r[1] and r[0] - r[1] > 10
     with pytest.raises(ValueError, match="prior must be one of"):
         log_prior_ratio(jnp.asarray(th), "gaussian", lo, hi)
+
+
+def test_smf_prior_is_baldrys_mass_function_normalised_on_the_box():
+    """Normalised on the box's formed masses; its log slope is the double Schechter's: (alpha2 + 1) ln10
+    per dex far below M* (the faint-end slope), falling as -ln10 M/M* far above it; the gradient
+    matches finite differences; the same density is what the mocks draw masses from (a sample's CDF)."""
+    from popsed_jax.physics.relations import BALDRY12, H_SHIFT_DEX
+    from popsed_jax.survey.mock import logm_baldry12_cdf
+
+    from popsed_jax.physics.relations import baldry12_smf
+
+    x = np.linspace(7.5, 13.0, 200_001)
+    lp = np.asarray(smf_log_density(jnp.asarray(x), 7.5, 13.0))
+    assert np.trapezoid(np.exp(lp), x) == pytest.approx(1.0, abs=1e-5)
+    slope = np.gradient(np.log(baldry12_smf(x - 0.23)), x)  # float64 reference
+    m_star = BALDRY12["logMstar"] + H_SHIFT_DEX + 0.23  # in formed mass
+    faint = (BALDRY12["alpha2"] + 1) * np.log(10)
+    assert slope[np.searchsorted(x, m_star - 2.5)] == pytest.approx(faint, rel=0.05)
+    hi = np.searchsorted(x, m_star + 0.8)
+    assert slope[hi] == pytest.approx(-np.log(10) * 10 ** 0.8 + (BALDRY12["alpha1"] + 1) * np.log(10), rel=0.05)
+    g = jax.grad(lambda m: smf_log_density(m, 7.5, 13.0))(jnp.float32(10.8))
+    assert float(g) == pytest.approx(np.interp(10.8, x, slope), rel=1e-3)
+    ok = x < 12.5  # beyond, exp(-M/M*) underflows even in float64's reference; the log form stays finite
+    np.testing.assert_allclose(lp[ok], np.log(baldry12_smf(x[ok] - 0.23)) - np.log(np.trapezoid(baldry12_smf(x - 0.23), x)),
+                               atol=2e-4)
+    assert np.all(np.isfinite(lp)) and np.isfinite(float(jax.grad(lambda m: smf_log_density(m, 7.5, 13.0))(jnp.float32(13.0))))
+    # the mock's mass sampler inverts the same function (surviving masses)
+    xs, cdf = logm_baldry12_cdf((7.5 - 0.23, 13.0 - 0.23))
+    ours = np.concatenate([[0.0], np.cumsum(0.5 * (np.exp(lp[1:]) + np.exp(lp[:-1])) * np.diff(x))])
+    np.testing.assert_allclose(np.interp(xs + 0.23, x, ours), cdf, atol=1e-4)
+
+
+def test_mzr_smf_prior_adds_the_mass_function_to_the_mzr_and_prefers_lower_masses():
+    lo, hi = fitlib.box_bounds(FitConfig())
+    th = np.tile(np.array([0.1, 10.0, 0.5, 0.5, 0.5, 5.0, 0.1, 0.0, 0.0, 0.5, 0.5]), (3, 1))
+    th[:, 1] = [9.5, 10.5, 11.8]
+    th[:, 7] = [-0.2, 0.0, 0.1]
+    both = np.asarray(log_prior_ratio(jnp.asarray(th), "mzr+smf", lo, hi))
+    mzr = np.asarray(log_prior_ratio(jnp.asarray(th), "mzr", lo, hi))
+    smf = np.asarray(smf_log_density(jnp.asarray(th[:, 1]), 7.5, 13.0)) + np.log(13.0 - 7.5)
+    np.testing.assert_allclose(both - mzr, smf, rtol=1e-5)
+    assert smf[0] > smf[1] > smf[2]
+    assert FitConfig(prior="mzr+smf").prior == "mzr+smf"
 
 
 @pytest.mark.slow  # compiles the members' loss (~30 s); the default suite's KL test (test_fit.py) shares the path
