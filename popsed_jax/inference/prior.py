@@ -7,7 +7,7 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
 
 - ``"flat"``: the paper's, prior = p_ref (the box, and the volume prior in z).
 - ``"mzr+smf"``: ``"mzr"`` with log M following the galaxy stellar mass function of Baldry et
-  al. (2012, MNRAS 421, 621; GAMA z < 0.06, Chabrier; ``physics.relations.baldry12_smf``, in log form) at
+  al. (2012, MNRAS 421, 621; GAMA z < 0.06, Chabrier; ``physics.relations.baldry12_log_smf``) at
   log M* = logM - 0.23, normalised on the box: with the volume prior in z it is the number
   density of galaxies per unit volume and mass, the population that the default mocks draw.
 - ``"mzr"``: p_ref with log Z replaced by the stellar mass-metallicity relation of Gallazzi et
@@ -32,7 +32,7 @@ import numpy as np
 from jax.scipy.special import ndtr
 
 from ..physics.params import IDX, ZSUN
-from ..physics.relations import BALDRY12, GALLAZZI05, H_SHIFT_DEX
+from ..physics.relations import GALLAZZI05, baldry12_log_smf, baldry12_smf
 
 __all__ = ["PRIORS", "log_prior_ratio", "mzr_log_density", "smf_log_density", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH"]
 
@@ -69,24 +69,13 @@ def mzr_log_density(log_z, log_m_formed, lo: float, hi: float):
     return _two_half_normals_logpdf(log_z, p50, s1, s2) - jnp.log(2.0 * jnp.maximum(half_mass, 1e-30))
 
 
-def _log_baldry12(log_m_surv, xp):
-    """ln of the Baldry+12 double Schechter per dex, up to a constant, in log space (no underflow
-    where exp(-M/M*) leaves float32 at log M > 12.6): -x + ln(phi1 x^(a1+1) + phi2 x^(a2+1)),
-    x = M/M*, M* at Planck15's h (``physics.relations.baldry12_smf``, which this equals up to
-    the factor ln10 (h/0.7)^3)."""
-    p = BALDRY12
-    lnx = (log_m_surv - p["logMstar"] - H_SHIFT_DEX) * math.log(10.0)
-    return -xp.exp(lnx) + xp.logaddexp(math.log(p["phi1"]) + (p["alpha1"] + 1) * lnx,
-                                        math.log(p["phi2"]) + (p["alpha2"] + 1) * lnx)
-
-
 def smf_log_density(log_m_formed, lo: float, hi: float):
     """log p(logM formed) [per dex] of the Baldry+12 mass function at log M* = logM - 0.23,
     normalised on the box's formed-mass range [lo, hi]; differentiable, finite on the whole box."""
     grid = np.linspace(lo, hi, 4001)
-    v = np.exp(_log_baldry12(grid - FORMED_TO_SURVIVING_DEX, np))
+    v = baldry12_smf(grid - FORMED_TO_SURVIVING_DEX)
     log_norm = math.log(float(np.sum(0.5 * (v[1:] + v[:-1]) * np.diff(grid))))
-    return _log_baldry12(log_m_formed - FORMED_TO_SURVIVING_DEX, jnp) - log_norm
+    return baldry12_log_smf(log_m_formed - FORMED_TO_SURVIVING_DEX, xp=jnp) - log_norm
 
 
 def log_prior_ratio(theta, prior: str, lo, hi):

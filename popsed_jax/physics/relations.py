@@ -8,7 +8,7 @@ import numpy as np
 
 from .cosmology import PLANCK15
 
-__all__ = ["BALDRY12", "H_SHIFT_DEX", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
+__all__ = ["BALDRY12", "H_SHIFT_DEX", "baldry12_log_smf", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
            "renzini_peng15_sfms", "gallazzi05_mzr"]
 
 # Baldry et al. (2012, MNRAS 421, 621), GAMA z < 0.06 double-Schechter GSMF, H0 = 70
@@ -28,6 +28,19 @@ GALLAZZI05 = np.array([
 KROUPA_TO_CHABRIER_DEX = -0.03  # log M (and log SFR) Chabrier - Kroupa, ~0.03 dex (e.g. Madau & Dickinson 2014: 0.61/0.66)
 
 
+def baldry12_log_smf(logM, h: float = PLANCK15.H0 / 100.0, xp=np):
+    """ln of the Baldry et al. (2012) GSMF of :func:`baldry12_smf` [ln(Mpc^-3 dex^-1)], in log form:
+    -x + ln(phi1* x^(alpha1+1) + phi2* x^(alpha2+1)) + ln(ln10 (h/0.7)^3), x = M/M*, which stays
+    finite where exp(-M/M*) underflows (float32 beyond log M ~ 12.7). ``xp``: the array module
+    (``jax.numpy`` for a differentiable density in the input's dtype)."""
+    p = BALDRY12
+    shift = H_SHIFT_DEX if abs(h - PLANCK15.H0 / 100.0) < 1e-9 else 2.0 * np.log10(p["h"] / h)
+    lnx = ((np.asarray(logM, float) if xp is np else logM) - p["logMstar"] - shift) * np.log(10.0)
+    const = float(np.log(np.log(10.0)) + 3.0 * np.log(h / p["h"]))
+    return const - xp.exp(lnx) + xp.logaddexp(float(np.log(p["phi1"])) + (p["alpha1"] + 1) * lnx,
+                                               float(np.log(p["phi2"])) + (p["alpha2"] + 1) * lnx)
+
+
 def baldry12_smf(logM, h: float = PLANCK15.H0 / 100.0) -> np.ndarray:
     """Baldry et al. (2012, MNRAS 421, 621; GAMA, z < 0.06, Chabrier IMF) double Schechter GSMF.
 
@@ -36,11 +49,7 @@ def baldry12_smf(logM, h: float = PLANCK15.H0 / 100.0) -> np.ndarray:
     H0 = 70 (``BALDRY12``). Converted to Hubble parameter h: M* ∝ h^-2, phi* ∝ h^3
     (for Planck15's h = 0.6774, M* moves by ``H_SHIFT_DEX`` = +0.0285 dex).
     """
-    p = BALDRY12
-    shift = H_SHIFT_DEX if abs(h - PLANCK15.H0 / 100.0) < 1e-9 else 2.0 * np.log10(p["h"] / h)
-    x = 10.0 ** (np.asarray(logM, float) - p["logMstar"] - shift)
-    f = (h / p["h"]) ** 3
-    return f * np.log(10) * np.exp(-x) * (p["phi1"] * x ** (p["alpha1"] + 1) + p["phi2"] * x ** (p["alpha2"] + 1))
+    return np.exp(baldry12_log_smf(logM, h))
 
 
 def speagle14_sfms(logM, t_gyr, chabrier: bool = False):
