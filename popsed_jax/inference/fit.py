@@ -254,7 +254,7 @@ def _members_loss(problem: FitProblem, st, params, keys, obs_all, eps, noise_sca
     ks = jax.vmap(lambda kk: jax.random.split(kk, 3))(keys)
     theta, feats, w, _, kl = simulate_members(problem, st, params, ks[:, 0], cfg.n_sim, noise_scale)
     if cfg.prior != "flat":  # KL(q || prior) = KL(q || p_ref) - E_q[log(prior / p_ref)]
-        kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi), axis=-1)
+        kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi, st[0]), axis=-1)
     idx = jax.vmap(lambda kk: minibatch_index(kk, obs_all.shape[0], cfg.batch_obs))(ks[:, 1])
 
     def one(x, y, kk, ww):

@@ -8,7 +8,7 @@ import numpy as np
 
 from .cosmology import PLANCK15
 
-__all__ = ["BALDRY12", "H_SHIFT_DEX", "baldry12_log_smf", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
+__all__ = ["BALDRY12", "PENG10_MASS_QUENCHING", "peng10_log_quenched_fraction", "H_SHIFT_DEX", "baldry12_log_smf", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
            "renzini_peng15_sfms", "gallazzi05_mzr"]
 
 # Baldry et al. (2012, MNRAS 421, 621), GAMA z < 0.06 double-Schechter GSMF, H0 = 70
@@ -25,6 +25,10 @@ GALLAZZI05 = np.array([
     [11.27, 0.12, -0.06, 0.26], [11.47, 0.13, -0.04, 0.28], [11.68, 0.14, -0.03, 0.29],
     [11.87, 0.15, -0.03, 0.30],
 ])
+# Peng et al. (2010, ApJ 721, 193): the SDSS DR4 red fraction, separable in mass and
+# environment, f_red = 1 - exp(-(rho/p1)^p2 - (m/p3)^p4); the mass term alone ("mass quenching",
+# the red fraction where environment quenching vanishes): p3 = 10^10.56 Msun, p4 = 0.80.
+PENG10_MASS_QUENCHING = dict(logm_q=10.56, p4=0.80)
 KROUPA_TO_CHABRIER_DEX = -0.03  # log M (and log SFR) Chabrier - Kroupa, ~0.03 dex (e.g. Madau & Dickinson 2014: 0.61/0.66)
 
 
@@ -39,6 +43,17 @@ def baldry12_log_smf(logM, h: float = PLANCK15.H0 / 100.0, xp=np):
     const = float(np.log(np.log(10.0)) + 3.0 * np.log(h / p["h"]))
     return const - xp.exp(lnx) + xp.logaddexp(float(np.log(p["phi1"])) + (p["alpha1"] + 1) * lnx,
                                                float(np.log(p["phi2"])) + (p["alpha2"] + 1) * lnx)
+
+
+def peng10_log_quenched_fraction(logm_surviving, xp=np):
+    """(ln f_q, ln(1 - f_q)) of the mass-quenched (red) fraction of Peng et al. (2010):
+    f_q = 1 - exp(-(M*/10^10.56)^0.80), M* the surviving (current) stellar mass [Msun]; both
+    logs are formed without cancellation (ln(1 - f_q) = -(M*/Mq)^0.8 exactly). ``xp``: numpy or
+    jax.numpy (differentiable, the input's dtype)."""
+    p = PENG10_MASS_QUENCHING
+    lm = np.asarray(logm_surviving, float) if xp is np else logm_surviving
+    x = xp.exp((lm - p["logm_q"]) * (p["p4"] * np.log(10.0)))
+    return xp.log(-xp.expm1(-x)), -x
 
 
 def baldry12_smf(logM, h: float = PLANCK15.H0 / 100.0) -> np.ndarray:

@@ -70,7 +70,7 @@ from ..physics.forward import (PARAM_NAMES, build_forward_model, check_theta, de
 from ..physics.dust import LAM_V, RV_C00, calzetti00_k
 from ..physics.params import ZSUN
 from ..physics.photometry import SDSS_UGRIZ, mag_to_flux
-from ..physics.relations import baldry12_smf, gallazzi05_mzr, speagle14_sfms
+from ..physics.relations import baldry12_smf, gallazzi05_mzr, peng10_log_quenched_fraction, speagle14_sfms
 from .observation import is_selected, make_observation, noisy_fluxes
 
 __all__ = [
@@ -230,10 +230,6 @@ POPULATIONS = ("table2", "physical")
 LOGZ_BOX = (-2.27, 0.3)  # log Z/Zsun (0.019) box of the fit's default prior (inference.config.logz_range)
 _G05_TO_MODEL_DEX = float(np.log10(0.02 / ZSUN))  # Gallazzi's Zsun = 0.02 -> the model's 0.019: +0.022 dex
 
-# Peng et al. (2010, ApJ 721, 193): the SDSS DR4 red fraction, separable in mass and
-# environment, f_red = 1 - exp(-(rho/p1)^p2 - (m/p3)^p4); the mass term alone ("mass quenching",
-# the red fraction where environment quenching vanishes): p3 = 10^10.56 Msun, p4 = 0.80.
-PENG10_MASS_QUENCHING = dict(logm_q=10.56, p4=0.80)
 MS_SCATTER_DEX = 0.2           # Speagle et al. (2014): intrinsic ("true") main-sequence scatter ~0.2 dex
 QUIESCENT_OFFSET_DEX = -1.5    # quenched peak ~1.5 dex below the main sequence (see sample_physical)
 QUIESCENT_SCATTER_DEX = 0.4
@@ -250,8 +246,7 @@ _LAM_HALPHA_UM = 0.65628
 def quiescent_fraction_peng10(logm_surviving):
     """Mass-quenched (red) fraction of Peng et al. (2010, ApJ 721, 193; the mass term of their fit):
     f_q = 1 - exp(-(M*/10^10.56)^0.80), M* the surviving (current) stellar mass [Msun]."""
-    p = PENG10_MASS_QUENCHING
-    return 1.0 - np.exp(-(10.0 ** (np.asarray(logm_surviving, float) - p["logm_q"])) ** p["p4"])
+    return np.exp(peng10_log_quenched_fraction(logm_surviving)[0])
 
 
 def garn_best10_a_halpha(logm_surviving):
