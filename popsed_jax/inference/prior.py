@@ -14,15 +14,19 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
   type: p(log M | quenched) ∝ phi(M*) f_q(M*) and p(log M | star-forming) ∝ phi(M*) (1 - f_q(M*)),
   phi the Baldry+12 GSMF and f_q the mass-quenched fraction of Peng et al. (2010, ApJ 721, 193;
   ``physics.relations.peng10_log_quenched_fraction``), each normalised on the box. The type is
-  the galaxy's 100-Myr sSFR, quenched below ``SSFR_SPLIT`` = 10^-11 /yr (the SDSS bimodality
-  break, Wetzel, Tinker & Conroy 2012, MNRAS 424, 232), as a logistic of width
-  ``SSFR_SPLIT_WIDTH`` dex so that the density is differentiable in the SFH: p(log M | sSFR) =
-  w_q p(log M | quenched) + (1 - w_q) p(log M | star-forming), a normalised density in log M for
-  every sSFR, so the prior says nothing about how many galaxies are quenched. The physical mock
-  draws the same joint distribution (Baldry+12 masses, Peng+10 quenching). Why: one mass function
-  for all types pulls red galaxies to low masses (hence low z and, through the MZR, low Z), where
-  the quenched mass function turns over (Peng et al. 2010: the quenched one is the star-forming
-  one times ~M, alpha shallower by ~1).
+  the galaxy's 100-Myr sSFR against the main sequence of Speagle et al. (2014; Chabrier, at the
+  galaxy's M* and cosmic time): quenched more than ``MS_SPLIT_DEX`` = 0.75 dex below it, halfway
+  to the quenched peak 1.5 dex below (Renzini & Peng 2015, ApJL 801, L29; the mock's
+  ``QUIESCENT_OFFSET_DEX``), as a logistic of width ``MS_SPLIT_WIDTH`` dex so that the density is
+  differentiable in the SFH: p(log M | sSFR) = w_q p(log M | quenched) + (1 - w_q) p(log M |
+  star-forming), normalised in log M at every offset from the main sequence, so the prior does
+  not set how many galaxies are quenched. The width also caps the penalty on a massive galaxy that is star-forming at
+  1 / width nats per dex of sSFR above the split (beyond it the quenched term dominates the mix).
+  The physical mock draws Baldry+12 masses and quenches them with Peng+10's f_q, putting its
+  quenched galaxies 1.5 +- 0.4 dex below the same main sequence: the same joint distribution up
+  to the few galaxies its scatters carry across the split. Why: one mass function for all types
+  pulls red galaxies to low masses (hence low z and, through the MZR, low Z), where the quenched
+  mass function turns over (Peng et al. 2010: it is the star-forming one times ~(M/M_q)^0.8).
 - ``"mzr"``: p_ref with log Z replaced by the stellar mass-metallicity relation of Gallazzi et
   al. (2005, MNRAS 362, 41; SDSS DR2, BC03, Chabrier): at log M* = logM - 0.23 (formed to
   surviving mass, ``mock.FORMED_MINUS_SURVIVING_DEX``), log Z/Zsun follows two half-normals
@@ -47,14 +51,15 @@ from jax.scipy.special import ndtr
 
 from ..physics.forward import derived_quantities
 from ..physics.params import IDX, ZSUN
-from ..physics.relations import GALLAZZI05, baldry12_log_smf, baldry12_smf, peng10_log_quenched_fraction
+from ..physics.relations import GALLAZZI05, baldry12_log_smf, baldry12_smf, peng10_log_quenched_fraction, speagle14_sfms
 
 __all__ = ["PRIORS", "log_prior_ratio", "mzr_log_density", "smf_log_density", "typed_smf_log_density",
-           "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "SSFR_SPLIT", "SSFR_SPLIT_WIDTH"]
+           "log_ssfr_vs_main_sequence", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "MS_SPLIT_DEX",
+           "MS_SPLIT_WIDTH"]
 
 PRIORS = ("flat", "mzr", "mzr+smf", "mzr+smf-type")
-SSFR_SPLIT = -11.0  # log sSFR [1/yr] between quenched and star-forming (Wetzel, Tinker & Conroy 2012)
-SSFR_SPLIT_WIDTH = 0.15  # dex: logistic scale of the split
+MS_SPLIT_DEX = -0.75  # log sSFR - main sequence [dex] between quenched and star-forming (see above)
+MS_SPLIT_WIDTH = 0.15  # dex: logistic scale of the split
 FORMED_TO_SURVIVING_DEX = 0.23  # median logM_formed - logM_surviving of the project's populations (mock.py)
 MZR_MIN_WIDTH = 0.1  # dex: floor of the split-normal half-widths
 _G05_TO_MODEL = math.log10(0.02 / ZSUN)  # log Z/Zsun(0.02) -> log Z/Zsun(0.019)
@@ -105,11 +110,22 @@ def _log_norm_on_box(log_v, lo: float, hi: float) -> float:
     return top + math.log(float(np.sum(0.5 * (v[1:] + v[:-1]) * np.diff(grid))))
 
 
-def typed_smf_log_density(log_m_formed, log_ssfr, lo: float, hi: float):
+def log_ssfr_vs_main_sequence(model, theta):
+    """log sSFR (100 Myr) minus the Speagle+14 main sequence (Chabrier) at the galaxy's M*
+    (logM - 0.23) and cosmic time [dex], from the forward model's SFH: (..., 11) -> (...)."""
+    flat = theta.reshape(-1, theta.shape[-1])
+    d = derived_quantities(model, flat)
+    lms = flat[:, IDX["logM"]] - FORMED_TO_SURVIVING_DEX
+    ms = speagle14_sfms(lms, d["t_universe"], chabrier=True, xp=jnp) - lms
+    return (d["log_ssfr_100myr"] - ms).reshape(theta.shape[:-1]).astype(theta.dtype)
+
+
+def typed_smf_log_density(log_m_formed, d_ms, lo: float, hi: float):
     """log p(logM formed | sSFR) [per dex] of the ``"mzr+smf-type"`` preset: the Baldry+12 mass
     function times the Peng+10 quenched fraction (or its complement), each normalised on the box's
-    formed-mass range [lo, hi], mixed by the logistic quenched weight of the 100-Myr sSFR
-    ``log_ssfr`` [1/yr]. Arrays of equal shape; differentiable in both."""
+    formed-mass range [lo, hi], mixed by the logistic quenched weight of ``d_ms``, the 100-Myr
+    sSFR minus the main sequence [dex] (:func:`log_ssfr_vs_main_sequence`). Arrays that
+    broadcast; differentiable in both."""
     def parts(lm_formed, xp):
         lm = lm_formed - FORMED_TO_SURVIVING_DEX
         log_phi = baldry12_log_smf(lm, xp=xp)
@@ -119,12 +135,12 @@ def typed_smf_log_density(log_m_formed, log_ssfr, lo: float, hi: float):
     norm_q = _log_norm_on_box(lambda g: parts(g, np)[0], lo, hi)
     norm_sf = _log_norm_on_box(lambda g: parts(g, np)[1], lo, hi)
     lp_q, lp_sf = parts(log_m_formed, jnp)
-    u = (SSFR_SPLIT - log_ssfr) / SSFR_SPLIT_WIDTH  # > 0: quenched
+    u = (MS_SPLIT_DEX - d_ms) / MS_SPLIT_WIDTH  # > 0: quenched
     return jnp.logaddexp(jax.nn.log_sigmoid(u) + lp_q - norm_q, jax.nn.log_sigmoid(-u) + lp_sf - norm_sf)
 
 
 def log_prior_ratio(theta, prior: str, lo, hi, model=None):
-    """log(prior / p_ref) at theta (n, 11), for the box ``lo``, ``hi`` (11,) -> (n,). ``model``
+    """log(prior / p_ref) at theta (..., 11), for the box ``lo``, ``hi`` (11,) -> (...). ``model``
     (the forward model: SFH bases, cosmology, mass fractions) is needed by ``"mzr+smf-type"``,
     whose mass function depends on the sSFR."""
     if prior == "flat":
@@ -135,13 +151,11 @@ def log_prior_ratio(theta, prior: str, lo, hi, model=None):
         out = mzr_log_density(theta[..., j], theta[..., m], lz_lo, lz_hi) + math.log(lz_hi - lz_lo)
         lm_lo, lm_hi = float(np.asarray(lo)[m]), float(np.asarray(hi)[m])
         if prior == "mzr+smf":
-            lm_lo, lm_hi = float(np.asarray(lo)[m]), float(np.asarray(hi)[m])
             out = out + smf_log_density(theta[..., m], lm_lo, lm_hi) + math.log(lm_hi - lm_lo)
         elif prior == "mzr+smf-type":
             if model is None:
                 raise ValueError("prior 'mzr+smf-type' needs the forward model (the sSFR decides the type)")
-            flat = theta.reshape(-1, theta.shape[-1])
-            lssfr = derived_quantities(model, flat)["log_ssfr_100myr"].reshape(theta.shape[:-1]).astype(theta.dtype)
-            out = out + typed_smf_log_density(theta[..., m], lssfr, lm_lo, lm_hi) + math.log(lm_hi - lm_lo)
+            d_ms = log_ssfr_vs_main_sequence(model, theta)
+            out = out + typed_smf_log_density(theta[..., m], d_ms, lm_lo, lm_hi) + math.log(lm_hi - lm_lo)
         return out
     raise ValueError(f"prior must be one of {list(PRIORS)}, got {prior!r}")

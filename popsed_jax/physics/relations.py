@@ -39,7 +39,7 @@ def baldry12_log_smf(logM, h: float = PLANCK15.H0 / 100.0, xp=np):
     (``jax.numpy`` for a differentiable density in the input's dtype)."""
     p = BALDRY12
     shift = H_SHIFT_DEX if abs(h - PLANCK15.H0 / 100.0) < 1e-9 else 2.0 * np.log10(p["h"] / h)
-    lnx = ((np.asarray(logM, float) if xp is np else logM) - p["logMstar"] - shift) * np.log(10.0)
+    lnx = ((np.asarray(logM, float) if xp is np else logM) - float(p["logMstar"] + shift)) * float(np.log(10.0))
     const = float(np.log(np.log(10.0)) + 3.0 * np.log(h / p["h"]))
     return const - xp.exp(lnx) + xp.logaddexp(float(np.log(p["phi1"])) + (p["alpha1"] + 1) * lnx,
                                                float(np.log(p["phi2"])) + (p["alpha2"] + 1) * lnx)
@@ -52,7 +52,7 @@ def peng10_log_quenched_fraction(logm_surviving, xp=np):
     jax.numpy (differentiable, the input's dtype)."""
     p = PENG10_MASS_QUENCHING
     lm = np.asarray(logm_surviving, float) if xp is np else logm_surviving
-    x = xp.exp((lm - p["logm_q"]) * (p["p4"] * np.log(10.0)))
+    x = xp.exp((lm - p["logm_q"]) * float(p["p4"] * np.log(10.0)))
     return xp.log(-xp.expm1(-x)), -x
 
 
@@ -67,17 +67,19 @@ def baldry12_smf(logM, h: float = PLANCK15.H0 / 100.0) -> np.ndarray:
     return np.exp(baldry12_log_smf(logM, h))
 
 
-def speagle14_sfms(logM, t_gyr, chabrier: bool = False):
+def speagle14_sfms(logM, t_gyr, chabrier: bool = False, xp=np):
     """Speagle et al. (2014, ApJS 214, 15, eq. 28) main sequence, log SFR [Msun/yr]:
 
         log SFR = (0.84 - 0.026 t) log M - (6.51 - 0.11 t),   t = age of the universe [Gyr],
 
     for a Kroupa IMF. chabrier=True takes Chabrier masses and returns Chabrier SFRs: both are
     ~0.03 dex below Kroupa (``KROUPA_TO_CHABRIER_DEX``), so log M is raised by 0.03 before and
-    log SFR lowered by 0.03 after (net (a - 1) x 0.03 ~ -0.015 dex at z~0).
+    log SFR lowered by 0.03 after (net (a - 1) x 0.03 ~ -0.015 dex at z~0). ``xp``: numpy (float64)
+    or jax.numpy (differentiable, the inputs' dtype).
     """
-    logM = np.asarray(logM, float)
-    t = np.asarray(t_gyr, float)
+    if xp is np:
+        logM, t_gyr = np.asarray(logM, float), np.asarray(t_gyr, float)
+    t = t_gyr
     d = KROUPA_TO_CHABRIER_DEX if chabrier else 0.0
     return (0.84 - 0.026 * t) * (logM - d) - (6.51 - 0.11 * t) + d
 

@@ -10,8 +10,8 @@ import pytest
 
 from popsed_jax.inference import fit as fitlib
 from popsed_jax.inference.config import FitConfig
-from popsed_jax.inference.prior import (SSFR_SPLIT, log_prior_ratio, mzr_log_density, smf_log_density,
-                                        typed_smf_log_density)
+from popsed_jax.inference.prior import (MS_SPLIT_DEX, log_prior_ratio, log_ssfr_vs_main_sequence, mzr_log_density,
+                                        smf_log_density, typed_smf_log_density)
 from popsed_jax.physics.relations import gallazzi05_mzr
 from popsed_jax.survey.catalog import read_sdss_main
 
@@ -99,44 +99,49 @@ def test_mzr_smf_prior_adds_the_mass_function_to_the_mzr_and_prefers_lower_masse
 
 
 def test_typed_smf_is_normalised_per_type_and_is_what_the_physical_mock_draws():
-    """p(log M | sSFR) is a normalised density for every sSFR (quenched, star-forming, at the
-    split); far below Peng's M_q the quenched/star-forming log ratio rises as p4 ln10 per dex (their
-    quenched fraction ~ (M/M_q)^0.8); and the physical mock, which draws Baldry+12 masses and
-    quenches them with Peng+10's f_q by coin flip, puts its quenched and star-forming galaxies'
-    masses where these densities do (CDFs, on the mock's mass range)."""
-    from popsed_jax.survey.mock import FORMED_MINUS_SURVIVING_DEX, LOGM_RANGE, sample_physical
+    """p(log M | offset from the main sequence) is a normalised density at every offset (quenched,
+    star-forming, at the split); far below Peng's M_q the quenched/star-forming log ratio rises as
+    p4 ln10 per dex (their quenched fraction ~ (M/M_q)^0.8); and the physical mock, which draws
+    Baldry+12 masses, quenches them with Peng+10's f_q and puts them 1.5 +- 0.4 dex below the
+    Speagle+14 main sequence, has the masses these densities give once its galaxies are typed the
+    prior's way, by their sSFR offset (CDFs, on the mock's mass range)."""
+    from popsed_jax.physics.relations import speagle14_sfms
+    from popsed_jax.survey.mock import LOGM_RANGE, _age_gyr, sample_physical
 
     x = np.linspace(7.5, 13.0, 20001)
     dens = {}
-    for s in (-12.5, SSFR_SPLIT, -9.5):
-        lp = np.asarray(typed_smf_log_density(jnp.asarray(x), jnp.full(x.shape, s), 7.5, 13.0))
+    for d in (-5.0, MS_SPLIT_DEX, 3.0):
+        lp = np.asarray(typed_smf_log_density(jnp.asarray(x), jnp.full(x.shape, d), 7.5, 13.0))
         assert np.all(np.isfinite(lp))
-        assert np.trapezoid(np.exp(lp), x) == pytest.approx(1.0, abs=1e-4), s
-        dens[s] = lp
+        assert np.trapezoid(np.exp(lp), x) == pytest.approx(1.0, abs=1e-4), d
+        dens[d] = lp
     # at the split the two types weigh 1/2 each
-    np.testing.assert_allclose(np.exp(dens[SSFR_SPLIT]), 0.5 * (np.exp(dens[-12.5]) + np.exp(dens[-9.5])), rtol=1e-3, atol=1e-6)
-    ratio = dens[-12.5] - dens[-9.5]
+    np.testing.assert_allclose(np.exp(dens[MS_SPLIT_DEX]), 0.5 * (np.exp(dens[-5.0]) + np.exp(dens[3.0])), rtol=1e-3, atol=1e-6)
+    ratio = dens[-5.0] - dens[3.0]
     i, j = np.searchsorted(x, [8.0, 8.5])
     assert (ratio[j] - ratio[i]) / 0.5 == pytest.approx(0.8 * np.log(10.0), rel=0.02)
-    assert x[np.argmax(dens[-12.5])] > 10.3 and x[np.argmax(dens[-9.5])] < 8.0  # quenched turn over, star-forming rise
-    # the mock's draws
+    assert x[np.argmax(dens[-5.0])] > 10.3 and x[np.argmax(dens[3.0])] < 8.0  # quenched turn over, star-forming rise
+    # the mock's draws, typed by their sSFR offset as the prior types them
     th, info = sample_physical(100_000, 3, return_info=True)
+    lms = info["logm_surviving"]
+    d_ms = info["log_ssfr_target"] - (speagle14_sfms(lms, _age_gyr(th[:, 0]), chabrier=True) - lms)
+    quenched = d_ms < MS_SPLIT_DEX
+    assert np.mean(quenched != info["quiescent"]) < 0.01
     lo, hi = LOGM_RANGE
     xm = np.linspace(lo, hi, 4001)
-    for q, s in ((True, -12.5), (False, -9.5)):
-        lp = np.asarray(typed_smf_log_density(jnp.asarray(xm), jnp.full(xm.shape, s), lo, hi))
+    for q, d in ((True, -5.0), (False, 3.0)):
+        lp = np.asarray(typed_smf_log_density(jnp.asarray(xm), jnp.full(xm.shape, d), lo, hi))
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (np.exp(lp[1:]) + np.exp(lp[:-1])) * np.diff(xm))])
-        m = np.sort(th[info["quiescent"] == q, 1])
+        m = np.sort(th[quenched == q, 1])
         emp = np.arange(1, m.size + 1) / m.size
-        assert np.max(np.abs(np.interp(m, xm, cdf) - emp)) < 0.01, q
-    assert FORMED_MINUS_SURVIVING_DEX == pytest.approx(0.23)
+        assert np.max(np.abs(np.interp(m, xm, cdf) - emp)) < 0.015, q
 
 
 def test_typed_smf_gradient_matches_finite_differences():
     f = lambda m, s: typed_smf_log_density(m, s, 7.5, 13.0)  # noqa: E731
-    for m0, s0 in ((10.8, -11.1), (9.5, -10.0), (11.5, -12.0)):
-        gm, gs = jax.grad(f, argnums=(0, 1))(jnp.float64(m0) if jax.config.jax_enable_x64 else jnp.float32(m0),
-                                             jnp.float32(s0))
+    for m0, s0 in ((10.8, -0.8), (9.5, 0.1), (11.5, -1.5)):
+        gm, gs = jax.grad(f, argnums=(0, 1))(jnp.float32(m0), jnp.float32(s0))
+        assert gm.dtype == jnp.float32
         h = 1e-3
         fd_m = (float(f(jnp.float32(m0 + h), jnp.float32(s0))) - float(f(jnp.float32(m0 - h), jnp.float32(s0)))) / (2 * h)
         fd_s = (float(f(jnp.float32(m0), jnp.float32(s0 + h))) - float(f(jnp.float32(m0), jnp.float32(s0 - h)))) / (2 * h)
@@ -146,9 +151,11 @@ def test_typed_smf_gradient_matches_finite_differences():
 
 def test_typed_prior_uses_the_model_s_ssfr_and_disfavours_massive_star_forming_galaxies(model):
     """log_prior_ratio('mzr+smf-type') = the MZR term + the typed mass function at each galaxy's own
-    100-Myr sSFR from the forward model; a massive galaxy is a priori likelier quenched than
-    star-forming, a dwarf the other way; without the model it refuses with a clear error."""
+    100-Myr sSFR offset from the main sequence, from the forward model; a massive galaxy is a
+    priori likelier quenched than star-forming, a dwarf the other way; it takes (K, n, 11) as the
+    fit passes it, with finite float32 gradients; without the model it refuses with a clear error."""
     from popsed_jax.physics.forward import derived_quantities
+    from popsed_jax.physics.relations import speagle14_sfms
 
     lo, hi = fitlib.box_bounds(FitConfig())
     base = np.array([0.1, 11.5, 0.9, 0.5, 0.5, 5.0, 0.0, 0.0, 0.0, 0.3, 0.3])
@@ -157,29 +164,39 @@ def test_typed_prior_uses_the_model_s_ssfr_and_disfavours_massive_star_forming_g
     th[[0, 2], 2:5] = 1.0  # all mass in the oldest basis: quenched
     th[[1, 3], 2] = 0.001  # beta1 = 1 - kappa1^(1/3) = 0.9 in the most recent basis: star-forming
     thj = jnp.asarray(th, jnp.float32)
-    lssfr = np.asarray(derived_quantities(model, thj)["log_ssfr_100myr"])
-    assert lssfr[0] < -11.5 and lssfr[1] > -10.5 and lssfr[2] < -11.5 and lssfr[3] > -10.5
+    d = derived_quantities(model, thj)
+    lms = th[:, 1] - 0.23
+    d_ms = np.asarray(d["log_ssfr_100myr"]) - (speagle14_sfms(lms, np.asarray(d["t_universe"]), chabrier=True) - lms)
+    np.testing.assert_allclose(np.asarray(log_ssfr_vs_main_sequence(model, thj)), d_ms, atol=1e-4)
+    assert d_ms[0] < -1.5 and d_ms[2] < -1.5 and d_ms[1] > -0.3 and d_ms[3] > -0.3
     typed = np.asarray(log_prior_ratio(thj, "mzr+smf-type", lo, hi, model))
     mzr = np.asarray(log_prior_ratio(thj, "mzr", lo, hi))
     m = fitlib.PARAM_NAMES.index("logM")
-    expect = np.asarray(typed_smf_log_density(thj[:, m], jnp.asarray(lssfr), lo[m], hi[m])) + np.log(hi[m] - lo[m])
+    expect = np.asarray(typed_smf_log_density(thj[:, m], jnp.asarray(d_ms), lo[m], hi[m])) + np.log(hi[m] - lo[m])
     np.testing.assert_allclose(typed - mzr, expect, rtol=1e-4, atol=1e-4)
     assert typed[0] > typed[1] + 5 and typed[3] > typed[2] + 0.5
+    # the fit's (K, n, 11) layout: same values, finite float32 gradients
+    th3 = jnp.stack([thj, thj[::-1]])
+    v3 = log_prior_ratio(th3, "mzr+smf-type", lo, hi, model)
+    np.testing.assert_allclose(np.asarray(v3[1]), typed[::-1], rtol=1e-5, atol=1e-5)
+    g = jax.grad(lambda t: jnp.sum(log_prior_ratio(t, "mzr+smf-type", lo, hi, model)))(th3.at[..., 2:5].set(0.5))
+    assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
     with pytest.raises(ValueError, match="needs the forward model"):
         log_prior_ratio(thj, "mzr+smf-type", lo, hi)
     assert FitConfig(prior="mzr+smf-type").prior == "mzr+smf-type"
 
 
 @pytest.mark.slow  # compiles the members' loss (~30 s); the default suite's KL test (test_fit.py) shares the path
-def test_mzr_prior_adds_minus_weighted_mean_log_ratio_of_the_same_samples():
+@pytest.mark.parametrize("prior", ["mzr", "mzr+smf-type"])
+def test_mzr_prior_adds_minus_weighted_mean_log_ratio_of_the_same_samples(prior):
     tiny = dict(steps=12, n_sim=256, batch_obs=256, n_val=256, flow_layers=2, flow_hidden=16, flow_bins=8,
                 logz_range=(-2.27, 0.3), prior="flat")
     flat = fitlib.prepare(read_sdss_main(), FitConfig(**tiny))
-    mzr = dataclasses.replace(flat, cfg=dataclasses.replace(flat.cfg, prior="mzr"))
+    mzr = dataclasses.replace(flat, cfg=dataclasses.replace(flat.cfg, prior=prior))
     one = jax.tree.map(lambda x: x[:1], fitlib.init(flat).params)
     key = jax.random.PRNGKey(5)
     v0 = fitlib._members_loss(flat, flat.statics, one, key[None], flat.obs_train, 0.1, 1.0)[0][0]
     v1 = fitlib._members_loss(mzr, mzr.statics, one, key[None], flat.obs_train, 0.1, 1.0)[0][0]
     theta = fitlib.simulate_members(flat, flat.statics, one, jax.random.split(key, 3)[0][None], 256, 1.0)[0][0]
-    expect = -flat.cfg.kl_weight * float(jnp.mean(log_prior_ratio(theta, "mzr", flat.flow_cfg.lo, flat.flow_cfg.hi)))
+    expect = -flat.cfg.kl_weight * float(jnp.mean(log_prior_ratio(theta, prior, flat.flow_cfg.lo, flat.flow_cfg.hi, flat.model)))
     assert float(v1 - v0) == pytest.approx(expect, rel=1e-3, abs=1e-6)
