@@ -47,7 +47,7 @@ from . import flows
 from . import loss as loss_mod
 from .config import FitConfig
 from .distributed import to_host
-from .prior import log_prior_ratio
+from .prior import log_prior_ratio, ssfr_reference_table
 
 __all__ = [
     "FitProblem", "FitState", "prepare", "init", "make_step", "make_optimizer", "validate",
@@ -109,6 +109,7 @@ class FitProblem:
     obs_val: jax.Array
     loss_fn: Any
     val_loss_fn: Any
+    prior_table: Any = None  # the "physical" prior's reference sSFR table (prior.ssfr_reference_table), else None
 
     @property
     def bands(self) -> tuple:
@@ -194,8 +195,10 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: NoiseModel | None = None,
     model = forward_model_for(cfg, cat.bands, grid=grid, bases=bases)
     tl = training_loss(cfg)
     observation = make_observation(noise, cfg.limit, colours=cfg.colours, selection_width=cfg.selection_width, stats=stats)
-    return FitProblem(cfg, model, observation, flow_config(cfg), std(feats[tr]), std(feats[va]),
-                      make_loss_fn(tl["kind"], cfg.n_projections, tl["solver"]), make_loss_fn(cfg.val_loss))
+    fc = flow_config(cfg)
+    table = ssfr_reference_table(model, fc.lo, fc.hi) if cfg.prior == "physical" else None
+    return FitProblem(cfg, model, observation, fc, std(feats[tr]), std(feats[va]),
+                      make_loss_fn(tl["kind"], cfg.n_projections, tl["solver"]), make_loss_fn(cfg.val_loss), table)
 
 
 # ----------------------------------------------------------------------------------------
@@ -254,7 +257,8 @@ def _members_loss(problem: FitProblem, st, params, keys, obs_all, eps, noise_sca
     ks = jax.vmap(lambda kk: jax.random.split(kk, 3))(keys)
     theta, feats, w, _, kl = simulate_members(problem, st, params, ks[:, 0], cfg.n_sim, noise_scale)
     if cfg.prior != "flat":  # KL(q || prior) = KL(q || p_ref) - E_q[log(prior / p_ref)]
-        kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi, st[0]), axis=-1)
+        kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi, st[0],
+                                                problem.prior_table), axis=-1)
     idx = jax.vmap(lambda kk: minibatch_index(kk, obs_all.shape[0], cfg.batch_obs))(ks[:, 1])
 
     def one(x, y, kk, ww):

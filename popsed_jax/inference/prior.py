@@ -27,6 +27,18 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
   to the few galaxies its scatters carry across the split. Why: one mass function for all types
   pulls red galaxies to low masses (hence low z and, through the MZR, low Z), where the quenched
   mass function turns over (Peng et al. 2010: it is the star-forming one times ~(M/M_q)^0.8).
+- ``"physical"``: the population the physical mock (``survey.mock.sample_physical``) draws, as a
+  prior: log Z from ``"mzr"``, log M from the Baldry+12 mass function (``"mzr+smf"``), and the
+  100-Myr sSFR's offset d from the Speagle+14 main sequence (Chabrier, at M* = logM - 0.23 and
+  the galaxy's cosmic time) from the mixture g(d | M) = f_q N(d; -1.5, 0.4) + (1 - f_q) N(d; 0, 0.2),
+  f_q Peng+10's mass-quenched fraction, 0.2 dex Speagle's intrinsic main-sequence scatter and the
+  quenched peak 1.5 dex below it (Renzini & Peng 2015; constants shared with the mock). The box's
+  SFH coordinates put another distribution on the sSFR (the reference's: at z = 0.1 only 6% of
+  box SFHs lie below 10^-11.5 /yr, so the box itself prefers star-forming galaxies, and red SDSS
+  galaxies were fitted as dusty star-formers); the prior divides it out: prior / p_ref includes
+  g(d | M) / h_ref(log sSFR | z), h_ref the reference density of log sSFR at z, tabulated once
+  per fit from box draws through the model (:func:`ssfr_reference_table`), so that the prior's
+  sSFR distribution at each (z, M) is g's.
 - ``"mzr"``: p_ref with log Z replaced by the stellar mass-metallicity relation of Gallazzi et
   al. (2005, MNRAS 362, 41; SDSS DR2, BC03, Chabrier): at log M* = logM - 0.23 (formed to
   surviving mass, ``mock.FORMED_MINUS_SURVIVING_DEX``), log Z/Zsun follows two half-normals
@@ -51,13 +63,15 @@ from jax.scipy.special import ndtr
 
 from ..physics.forward import derived_quantities
 from ..physics.params import IDX, ZSUN
-from ..physics.relations import GALLAZZI05, baldry12_log_smf, baldry12_smf, peng10_log_quenched_fraction, speagle14_sfms
+from ..physics.relations import (GALLAZZI05, MS_SCATTER_DEX, QUIESCENT_OFFSET_DEX, QUIESCENT_SCATTER_DEX, baldry12_log_smf,
+                                 baldry12_smf, peng10_log_quenched_fraction, speagle14_sfms)
 
 __all__ = ["PRIORS", "log_prior_ratio", "mzr_log_density", "smf_log_density", "typed_smf_log_density",
-           "log_ssfr_vs_main_sequence", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "MS_SPLIT_DEX",
+           "log_ssfr_vs_main_sequence", "ssfr_log_density", "ssfr_reference_table", "NEEDS_MODEL", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "MS_SPLIT_DEX",
            "MS_SPLIT_WIDTH"]
 
-PRIORS = ("flat", "mzr", "mzr+smf", "mzr+smf-type")
+PRIORS = ("flat", "mzr", "mzr+smf", "mzr+smf-type", "physical")
+NEEDS_MODEL = ("mzr+smf-type", "physical")
 MS_SPLIT_DEX = -0.75  # log sSFR - main sequence [dex] between quenched and star-forming (see above)
 MS_SPLIT_WIDTH = 0.15  # dex: logistic scale of the split
 FORMED_TO_SURVIVING_DEX = 0.23  # median logM_formed - logM_surviving of the project's populations (mock.py)
@@ -110,14 +124,17 @@ def _log_norm_on_box(log_v, lo: float, hi: float) -> float:
     return top + math.log(float(np.sum(0.5 * (v[1:] + v[:-1]) * np.diff(grid))))
 
 
-def log_ssfr_vs_main_sequence(model, theta):
+def log_ssfr_vs_main_sequence(model, theta, with_ssfr: bool = False):
     """log sSFR (100 Myr) minus the Speagle+14 main sequence (Chabrier) at the galaxy's M*
-    (logM - 0.23) and cosmic time [dex], from the forward model's SFH: (..., 11) -> (...)."""
+    (logM - 0.23) and cosmic time [dex], from the forward model's SFH: (..., 11) -> (...);
+    with_ssfr: also the log sSFR [1/yr] itself."""
     flat = theta.reshape(-1, theta.shape[-1])
     d = derived_quantities(model, flat)
     lms = flat[:, IDX["logM"]] - FORMED_TO_SURVIVING_DEX
     ms = speagle14_sfms(lms, d["t_universe"], chabrier=True, xp=jnp) - lms
-    return (d["log_ssfr_100myr"] - ms).reshape(theta.shape[:-1]).astype(theta.dtype)
+    shape = theta.shape[:-1]
+    d_ms = (d["log_ssfr_100myr"] - ms).reshape(shape).astype(theta.dtype)
+    return (d_ms, d["log_ssfr_100myr"].reshape(shape).astype(theta.dtype)) if with_ssfr else d_ms
 
 
 def typed_smf_log_density(log_m_formed, d_ms, lo: float, hi: float):
@@ -139,22 +156,81 @@ def typed_smf_log_density(log_m_formed, d_ms, lo: float, hi: float):
     return jnp.logaddexp(jax.nn.log_sigmoid(u) + lp_q - norm_q, jax.nn.log_sigmoid(-u) + lp_sf - norm_sf)
 
 
-def log_prior_ratio(theta, prior: str, lo, hi, model=None):
+def ssfr_log_density(d_ms, log_m_formed):
+    """log g(d | M) [per dex of d] of the ``"physical"`` preset: d = log sSFR (100 Myr) - main
+    sequence [dex], the mixture f_q N(-1.5, 0.4) + (1 - f_q) N(0, 0.2) at M* = logM - 0.23 (the
+    physical mock's distribution). Arrays that broadcast; differentiable."""
+    lq, lsf = peng10_log_quenched_fraction(log_m_formed - FORMED_TO_SURVIVING_DEX, xp=jnp)
+
+    def lnorm(x, mu, sd):
+        return -0.5 * ((x - mu) / sd) ** 2 - math.log(sd * math.sqrt(2.0 * math.pi))
+
+    return jnp.logaddexp(lq + lnorm(d_ms, QUIESCENT_OFFSET_DEX, QUIESCENT_SCATTER_DEX), lsf + lnorm(d_ms, 0.0, MS_SCATTER_DEX))
+
+
+SSFR_TABLE_GRID = (-14.0, -8.0, 241)  # log sSFR [1/yr] nodes of the reference table
+SSFR_TABLE_BANDWIDTH = 0.05  # dex: Gaussian kernel of the reference density estimate
+
+
+def ssfr_reference_table(model, lo, hi, n_z: int = 12, n_draws: int = 20_000, seed: int = 0):
+    """The box reference's density of log sSFR (100 Myr) at each z: (z nodes (n_z,), log sSFR
+    nodes (241,), log density (n_z, 241) per dex), numpy float32. ``n_draws`` uniform box draws
+    (SFH coordinates, burst, metallicity; mass and dust do not change the sSFR) per z node through
+    the model's ``derived_quantities``, a Gaussian KDE of ``SSFR_TABLE_BANDWIDTH`` dex, floored at
+    1e-6 of its peak so that its log stays finite where the box has (almost) no SFH."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    rng = np.random.default_rng(seed)
+    zs = np.linspace(lo[IDX["z"]], hi[IDX["z"]], n_z)
+    s_grid = np.linspace(*SSFR_TABLE_GRID)
+    th = lo + (hi - lo) * rng.random((n_draws, lo.size))
+    dq = jax.jit(derived_quantities)
+    out = np.empty((n_z, s_grid.size))
+    for i, z in enumerate(zs):
+        th[:, IDX["z"]] = z
+        ls = np.asarray(dq(model, jnp.asarray(th, model.ssp_all.dtype))["log_ssfr_100myr"], float)
+        ls = ls[np.isfinite(ls)]
+        dens = np.zeros(s_grid.size)
+        for chunk in np.array_split(ls, max(1, ls.size // 2000)):
+            dens += np.exp(-0.5 * ((s_grid[:, None] - chunk[None]) / SSFR_TABLE_BANDWIDTH) ** 2).sum(1)
+        dens /= ls.size * SSFR_TABLE_BANDWIDTH * math.sqrt(2.0 * math.pi)
+        out[i] = np.log(np.maximum(dens, 1e-6 * dens.max()))
+    return zs.astype(np.float32), s_grid.astype(np.float32), out.astype(np.float32)
+
+
+def _interp_table(table, z, s):
+    """Bilinear interpolation of the reference log density at (z, log sSFR), clamped to the table."""
+    zs, sg, lh = (jnp.asarray(a) for a in table)
+    fz = jnp.clip((z - zs[0]) / (zs[-1] - zs[0]) * (zs.size - 1), 0.0, zs.size - 1.0)
+    fs = jnp.clip((s - sg[0]) / (sg[-1] - sg[0]) * (sg.size - 1), 0.0, sg.size - 1.0)
+    i = jnp.minimum(jnp.floor(fz).astype(jnp.int32), zs.size - 2)
+    j = jnp.minimum(jnp.floor(fs).astype(jnp.int32), sg.size - 2)
+    a, b = fz - i, fs - j
+    return ((1 - a) * (1 - b) * lh[i, j] + a * (1 - b) * lh[i + 1, j] + (1 - a) * b * lh[i, j + 1]
+            + a * b * lh[i + 1, j + 1])
+
+
+def log_prior_ratio(theta, prior: str, lo, hi, model=None, ssfr_table=None):
     """log(prior / p_ref) at theta (..., 11), for the box ``lo``, ``hi`` (11,) -> (...). ``model``
     (the forward model: SFH bases, cosmology, mass fractions) is needed by ``"mzr+smf-type"``,
-    whose mass function depends on the sSFR."""
+    whose mass function depends on the sSFR, and ``"physical"``, which also needs
+    ``ssfr_table`` (:func:`ssfr_reference_table` of the same model and box)."""
     if prior == "flat":
         return jnp.zeros(theta.shape[:-1], theta.dtype)
-    if prior in ("mzr", "mzr+smf", "mzr+smf-type"):
+    if prior in PRIORS[1:]:
         j, m = IDX["logZ"], IDX["logM"]
         lz_lo, lz_hi = float(np.asarray(lo)[j]), float(np.asarray(hi)[j])
         out = mzr_log_density(theta[..., j], theta[..., m], lz_lo, lz_hi) + math.log(lz_hi - lz_lo)
         lm_lo, lm_hi = float(np.asarray(lo)[m]), float(np.asarray(hi)[m])
-        if prior == "mzr+smf":
+        if prior in NEEDS_MODEL and model is None:
+            raise ValueError(f"prior {prior!r} needs the forward model (the sSFR decides the type)")
+        if prior in ("mzr+smf", "physical"):
             out = out + smf_log_density(theta[..., m], lm_lo, lm_hi) + math.log(lm_hi - lm_lo)
-        elif prior == "mzr+smf-type":
-            if model is None:
-                raise ValueError("prior 'mzr+smf-type' needs the forward model (the sSFR decides the type)")
+        if prior == "physical":
+            if ssfr_table is None:
+                raise ValueError("prior 'physical' needs ssfr_table (prior.ssfr_reference_table of the model and box)")
+            d_ms, lssfr = log_ssfr_vs_main_sequence(model, theta, with_ssfr=True)
+            out = out + ssfr_log_density(d_ms, theta[..., m]) - _interp_table(ssfr_table, theta[..., IDX["z"]], lssfr)
+        if prior == "mzr+smf-type":
             d_ms = log_ssfr_vs_main_sequence(model, theta)
             out = out + typed_smf_log_density(theta[..., m], d_ms, lm_lo, lm_hi) + math.log(lm_hi - lm_lo)
         return out

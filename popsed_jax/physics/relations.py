@@ -8,7 +8,7 @@ import numpy as np
 
 from .cosmology import PLANCK15
 
-__all__ = ["BALDRY12", "PENG10_MASS_QUENCHING", "peng10_log_quenched_fraction", "H_SHIFT_DEX", "baldry12_log_smf", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
+__all__ = ["BALDRY12", "MS_SCATTER_DEX", "QUIESCENT_OFFSET_DEX", "QUIESCENT_SCATTER_DEX", "PENG10_MASS_QUENCHING", "peng10_log_quenched_fraction", "H_SHIFT_DEX", "baldry12_log_smf", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
            "renzini_peng15_sfms", "gallazzi05_mzr"]
 
 # Baldry et al. (2012, MNRAS 421, 621), GAMA z < 0.06 double-Schechter GSMF, H0 = 70
@@ -29,6 +29,13 @@ GALLAZZI05 = np.array([
 # environment, f_red = 1 - exp(-(rho/p1)^p2 - (m/p3)^p4); the mass term alone ("mass quenching",
 # the red fraction where environment quenching vanishes): p3 = 10^10.56 Msun, p4 = 0.80.
 PENG10_MASS_QUENCHING = dict(logm_q=10.56, p4=0.80)
+# the SFR - M* plane of z ~ 0 galaxies, as the physical mock and the "physical" prior draw it: the
+# main sequence's intrinsic scatter (Speagle et al. 2014: ~0.2 dex) and the quenched peak ~1.5 dex
+# below it with ~0.4 dex spread (Renzini & Peng 2015, ApJL 801, L29, Fig. 1; Wetzel, Tinker &
+# Conroy 2012, MNRAS 424, 232: sSFR ~ 10^-12 /yr, bimodality break at 10^-11 /yr)
+MS_SCATTER_DEX = 0.2
+QUIESCENT_OFFSET_DEX = -1.5
+QUIESCENT_SCATTER_DEX = 0.4
 KROUPA_TO_CHABRIER_DEX = -0.03  # log M (and log SFR) Chabrier - Kroupa, ~0.03 dex (e.g. Madau & Dickinson 2014: 0.61/0.66)
 
 

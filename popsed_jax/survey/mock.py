@@ -70,7 +70,8 @@ from ..physics.forward import (PARAM_NAMES, build_forward_model, check_theta, de
 from ..physics.dust import LAM_V, RV_C00, calzetti00_k
 from ..physics.params import ZSUN
 from ..physics.photometry import SDSS_UGRIZ, mag_to_flux
-from ..physics.relations import baldry12_smf, gallazzi05_mzr, peng10_log_quenched_fraction, speagle14_sfms
+from ..physics.relations import (MS_SCATTER_DEX, QUIESCENT_OFFSET_DEX, QUIESCENT_SCATTER_DEX, baldry12_smf,  # noqa: F401
+                                 gallazzi05_mzr, peng10_log_quenched_fraction, speagle14_sfms)
 from .observation import is_selected, make_observation, noisy_fluxes
 
 __all__ = [
@@ -230,9 +231,6 @@ POPULATIONS = ("table2", "physical")
 LOGZ_BOX = (-2.27, 0.3)  # log Z/Zsun (0.019) box of the fit's default prior (inference.config.logz_range)
 _G05_TO_MODEL_DEX = float(np.log10(0.02 / ZSUN))  # Gallazzi's Zsun = 0.02 -> the model's 0.019: +0.022 dex
 
-MS_SCATTER_DEX = 0.2           # Speagle et al. (2014): intrinsic ("true") main-sequence scatter ~0.2 dex
-QUIESCENT_OFFSET_DEX = -1.5    # quenched peak ~1.5 dex below the main sequence (see sample_physical)
-QUIESCENT_SCATTER_DEX = 0.4
 # Garn & Best (2010, MNRAS 409, 421), SDSS DR7 Balmer decrements of ~90,000 star-forming
 # galaxies: A_Halpha = 0.91 + 0.77 X + 0.11 X^2 - 0.09 X^3 [mag], X = log(M*/1e10 Msun),
 # scatter ~0.3 mag; fitted over ~8.5 < log M* < 11.5 (X is held inside [-1.5, 1.5]).

@@ -11,7 +11,7 @@ import pytest
 from popsed_jax.inference import fit as fitlib
 from popsed_jax.inference.config import FitConfig
 from popsed_jax.inference.prior import (MS_SPLIT_DEX, log_prior_ratio, log_ssfr_vs_main_sequence, mzr_log_density,
-                                        smf_log_density, typed_smf_log_density)
+                                        smf_log_density, ssfr_log_density, ssfr_reference_table, typed_smf_log_density)
 from popsed_jax.physics.relations import gallazzi05_mzr
 from popsed_jax.survey.catalog import read_sdss_main
 
@@ -186,17 +186,72 @@ def test_typed_prior_uses_the_model_s_ssfr_and_disfavours_massive_star_forming_g
     assert FitConfig(prior="mzr+smf-type").prior == "mzr+smf-type"
 
 
+def test_physical_ssfr_density_is_the_mocks_main_sequence_and_quenched_mixture():
+    """g(d | M) is normalised in d at every mass, and the share below the split is Peng's f_q times
+    the quenched Gaussian's N(-1.5, 0.4) share below it (plus the main sequence's N(0, 0.2) tail)."""
+    from scipy.stats import norm
+
+    from popsed_jax.physics.relations import peng10_log_quenched_fraction
+
+    d = np.linspace(-6.0, 3.0, 18001)
+    for lm in (9.0, 10.5, 11.5):
+        g = np.exp(np.asarray(ssfr_log_density(jnp.asarray(d), jnp.full(d.shape, lm))))
+        assert np.trapezoid(g, d) == pytest.approx(1.0, abs=1e-4)
+        fq = float(np.exp(peng10_log_quenched_fraction(lm - 0.23)[0]))
+        below = np.trapezoid(g[d < MS_SPLIT_DEX], d[d < MS_SPLIT_DEX])
+        expect = fq * norm.cdf((MS_SPLIT_DEX + 1.5) / 0.4) + (1 - fq) * norm.cdf(MS_SPLIT_DEX / 0.2)
+        assert below == pytest.approx(expect, abs=1e-3), lm  # 97% of the quenched Gaussian lies below the split
+
+
+def test_physical_prior_gives_box_draws_the_quenched_fraction_of_peng(model):
+    """Box draws weighted by the 'physical' prior ratio (its sSFR part: the MZR and mass terms do
+    not involve the SFH) have, in each mass bin, the quenched share (sSFR offset below -0.75 dex)
+    of Peng+10's f_q and star-forming galaxies centred on the main sequence, although the box
+    itself has only 8-30% of its SFHs there above 10^10.5: the reference's own sSFR density is
+    divided out (without that division the share would follow the box)."""
+    from scipy.stats import norm
+
+    from popsed_jax.physics.relations import peng10_log_quenched_fraction
+
+    lo, hi = fitlib.box_bounds(FitConfig(prior="physical"))
+    table = ssfr_reference_table(model, lo, hi, n_draws=10_000)
+    rng = np.random.default_rng(1)
+    n = 60_000
+    th = lo + (hi - lo) * rng.random((n, 11))
+    th[:, 0] = rng.uniform(0.02, 0.3, n)
+    th[:, 1] = rng.uniform(10.0, 12.0, n)
+    thj = jnp.asarray(th, jnp.float32)
+    lr = np.asarray(log_prior_ratio(thj, "physical", lo, hi, model, table), float)
+    lr -= np.asarray(log_prior_ratio(thj, "mzr+smf", lo, hi), float)
+    d = np.asarray(log_ssfr_vs_main_sequence(model, thj), float)
+    for a, b in ((10.0, 10.5), (10.5, 11.0), (11.0, 11.5)):
+        m = (th[:, 1] >= a) & (th[:, 1] < b)
+        w = np.exp(lr[m] - lr[m].max())
+        w /= w.sum()
+        grid = np.linspace(a, b, 11)
+        fq = float(np.mean(np.exp(np.asarray(peng10_log_quenched_fraction(grid - 0.23)[0]))))
+        expect = fq * norm.cdf((MS_SPLIT_DEX + 1.5) / 0.4) + (1 - fq) * norm.cdf(MS_SPLIT_DEX / 0.2)
+        assert np.sum(w[d[m] < MS_SPLIT_DEX]) == pytest.approx(expect, abs=0.04), (a, b)
+        assert abs(np.mean(d[m] < MS_SPLIT_DEX) - fq) > 0.1 or a == 10.0  # the box alone does not have it
+        sf = d[m] > MS_SPLIT_DEX
+        assert abs(np.sum(w[sf] * d[m][sf]) / np.sum(w[sf])) < 0.15  # star-forming ones on the main sequence
+    with pytest.raises(ValueError, match="needs ssfr_table"):
+        log_prior_ratio(thj[:4], "physical", lo, hi, model)
+
+
 @pytest.mark.slow  # compiles the members' loss (~30 s); the default suite's KL test (test_fit.py) shares the path
-@pytest.mark.parametrize("prior", ["mzr", "mzr+smf-type"])
+@pytest.mark.parametrize("prior", ["mzr", "mzr+smf-type", "physical"])
 def test_mzr_prior_adds_minus_weighted_mean_log_ratio_of_the_same_samples(prior):
     tiny = dict(steps=12, n_sim=256, batch_obs=256, n_val=256, flow_layers=2, flow_hidden=16, flow_bins=8,
                 logz_range=(-2.27, 0.3), prior="flat")
     flat = fitlib.prepare(read_sdss_main(), FitConfig(**tiny))
-    mzr = dataclasses.replace(flat, cfg=dataclasses.replace(flat.cfg, prior=prior))
+    table = ssfr_reference_table(flat.model, flat.flow_cfg.lo, flat.flow_cfg.hi, n_draws=2000) if prior == "physical" else None
+    mzr = dataclasses.replace(flat, cfg=dataclasses.replace(flat.cfg, prior=prior), prior_table=table)
     one = jax.tree.map(lambda x: x[:1], fitlib.init(flat).params)
     key = jax.random.PRNGKey(5)
     v0 = fitlib._members_loss(flat, flat.statics, one, key[None], flat.obs_train, 0.1, 1.0)[0][0]
     v1 = fitlib._members_loss(mzr, mzr.statics, one, key[None], flat.obs_train, 0.1, 1.0)[0][0]
     theta = fitlib.simulate_members(flat, flat.statics, one, jax.random.split(key, 3)[0][None], 256, 1.0)[0][0]
-    expect = -flat.cfg.kl_weight * float(jnp.mean(log_prior_ratio(theta, prior, flat.flow_cfg.lo, flat.flow_cfg.hi, flat.model)))
+    expect = -flat.cfg.kl_weight * float(jnp.mean(log_prior_ratio(theta, prior, flat.flow_cfg.lo, flat.flow_cfg.hi, flat.model,
+                                                                           table)))
     assert float(v1 - v0) == pytest.approx(expect, rel=1e-3, abs=1e-6)
