@@ -48,6 +48,10 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
   where the box's top (0.3) cuts into the upper half (as the physical mock, ``survey.mock``, draws). Their Zsun = 0.02 is converted to the model's 0.019. (Until 0.2.0 a continuous split
   normal peaking at their median was used; its median sat up to 0.08 dex below theirs.)
 
+Measured (docs/validation.md): ``"mzr"`` is the default; ``"mzr+smf"``, ``"mzr+smf-type"`` and
+``"physical"`` recover the physical mock better but, on SDSS, place red galaxies too near (the
+fit makes them dusty green-valley galaxies, which these mass functions push to low mass).
+
 Why a prior at all: with five broad bands old metal-poor populations at low z mimic metal-rich
 ones at z ~ 0.1 (docs/validation.md); the fit cannot tell them apart from the photometry, so
 without knowledge of which SEDs real galaxies have it picks look-alikes.
