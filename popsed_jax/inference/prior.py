@@ -64,11 +64,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
+from jax.scipy.stats import norm as normal
 
 from ..physics.forward import derived_quantities
 from ..physics.params import IDX, ZSUN
 from ..physics.relations import (GALLAZZI05, MS_SCATTER_DEX, QUIESCENT_OFFSET_DEX, QUIESCENT_SCATTER_DEX, baldry12_log_smf,
-                                 baldry12_smf, peng10_log_quenched_fraction, speagle14_sfms)
+                                 peng10_log_quenched_fraction, speagle14_sfms)
 
 __all__ = ["PRIORS", "log_prior_ratio", "mzr_log_density", "smf_log_density", "typed_smf_log_density",
            "log_ssfr_vs_main_sequence", "ssfr_log_density", "ssfr_reference_table", "NEEDS_MODEL", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "MS_SPLIT_DEX",
@@ -110,15 +111,6 @@ def mzr_log_density(log_z, log_m_formed, lo: float, hi: float):
     return _two_half_normals_logpdf(log_z, p50, s1, s2) - jnp.log(2.0 * jnp.maximum(half_mass, 1e-30))
 
 
-def smf_log_density(log_m_formed, lo: float, hi: float):
-    """log p(logM formed) [per dex] of the Baldry+12 mass function at log M* = logM - 0.23,
-    normalised on the box's formed-mass range [lo, hi]; differentiable, finite on the whole box."""
-    grid = np.linspace(lo, hi, 4001)
-    v = baldry12_smf(grid - FORMED_TO_SURVIVING_DEX)
-    log_norm = math.log(float(np.sum(0.5 * (v[1:] + v[:-1]) * np.diff(grid))))
-    return baldry12_log_smf(log_m_formed - FORMED_TO_SURVIVING_DEX, xp=jnp) - log_norm
-
-
 def _log_norm_on_box(log_v, lo: float, hi: float) -> float:
     """ln of the integral over [lo, hi] of exp(log_v(x)) (numpy, float64, trapezoid on 4001 nodes)."""
     grid = np.linspace(lo, hi, 4001)
@@ -126,6 +118,13 @@ def _log_norm_on_box(log_v, lo: float, hi: float) -> float:
     top = float(np.max(lv))
     v = np.exp(lv - top)
     return top + math.log(float(np.sum(0.5 * (v[1:] + v[:-1]) * np.diff(grid))))
+
+
+def smf_log_density(log_m_formed, lo: float, hi: float):
+    """log p(logM formed) [per dex] of the Baldry+12 mass function at log M* = logM - 0.23,
+    normalised on the box's formed-mass range [lo, hi]; differentiable, finite on the whole box."""
+    log_norm = _log_norm_on_box(lambda g: baldry12_log_smf(g - FORMED_TO_SURVIVING_DEX), lo, hi)
+    return baldry12_log_smf(log_m_formed - FORMED_TO_SURVIVING_DEX, xp=jnp) - log_norm
 
 
 def log_ssfr_vs_main_sequence(model, theta, with_ssfr: bool = False):
@@ -165,11 +164,8 @@ def ssfr_log_density(d_ms, log_m_formed):
     sequence [dex], the mixture f_q N(-1.5, 0.4) + (1 - f_q) N(0, 0.2) at M* = logM - 0.23 (the
     physical mock's distribution). Arrays that broadcast; differentiable."""
     lq, lsf = peng10_log_quenched_fraction(log_m_formed - FORMED_TO_SURVIVING_DEX, xp=jnp)
-
-    def lnorm(x, mu, sd):
-        return -0.5 * ((x - mu) / sd) ** 2 - math.log(sd * math.sqrt(2.0 * math.pi))
-
-    return jnp.logaddexp(lq + lnorm(d_ms, QUIESCENT_OFFSET_DEX, QUIESCENT_SCATTER_DEX), lsf + lnorm(d_ms, 0.0, MS_SCATTER_DEX))
+    return jnp.logaddexp(lq + normal.logpdf(d_ms, QUIESCENT_OFFSET_DEX, QUIESCENT_SCATTER_DEX),
+                         lsf + normal.logpdf(d_ms, 0.0, MS_SCATTER_DEX))
 
 
 SSFR_TABLE_GRID = (-14.0, -8.0, 241)  # log sSFR [1/yr] nodes of the reference table

@@ -70,7 +70,7 @@ from ..physics.forward import (PARAM_NAMES, build_forward_model, check_theta, de
 from ..physics.dust import LAM_V, RV_C00, calzetti00_k
 from ..physics.params import ZSUN
 from ..physics.photometry import SDSS_UGRIZ, mag_to_flux
-from ..physics.relations import (MS_SCATTER_DEX, QUIESCENT_OFFSET_DEX, QUIESCENT_SCATTER_DEX, baldry12_smf,  # noqa: F401
+from ..physics.relations import (MS_SCATTER_DEX, QUIESCENT_OFFSET_DEX, QUIESCENT_SCATTER_DEX, baldry12_smf,
                                  gallazzi05_mzr, peng10_log_quenched_fraction, speagle14_sfms)
 from .observation import is_selected, make_observation, noisy_fluxes
 
