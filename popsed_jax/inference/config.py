@@ -103,10 +103,11 @@ class FitConfig:
     prior: str = _f("mzr", "Population prior",
                     "population prior of the KL term: 'flat' (the box and volume z prior) or 'mzr' (+ Gallazzi+05 "
                     "mass-metallicity relation), 'mzr+smf' (+ Baldry+12 mass function) or 'mzr+smf-type' (+ the mass "
-                    "function of each galaxy's type, Baldry+12 x Peng+10 quenched fraction) or 'physical' (+ Baldry+12 "
+                    "function of each galaxy's type, Baldry+12 x Peng+10 quenched fraction, typed by sSFR) or 'mzr+smf-colour' "
+                    "(the same, typed by rest-frame u - r against Baldry+04's red/blue divider) or 'physical' (+ Baldry+12 "
                     "masses and the main-sequence / quenched sSFR distribution of the physical mock); see "
                     "popsed_jax.inference.prior",
-                    _one_of("flat", "mzr", "mzr+smf", "mzr+smf-type", "physical"))
+                    _one_of("flat", "mzr", "mzr+smf", "mzr+smf-type", "mzr+smf-colour", "physical"))
     logz_range: tuple = _f((-2.27, 0.3), "Population prior",
                            "log Z/Zsun range of the prior box (BC03's grid starts at -2.28: below it the model clamps)",
                            lambda v: None if (isinstance(v, (tuple, list)) and len(v) == 2 and all(

@@ -27,6 +27,14 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
   to the few galaxies its scatters carry across the split. Why: one mass function for all types
   pulls red galaxies to low masses (hence low z and, through the MZR, low Z), where the quenched
   mass function turns over (Peng et al. 2010: it is the star-forming one times ~(M/M_q)^0.8).
+- ``"mzr+smf-colour"``: ``"mzr+smf-type"`` with the type from the galaxy's colour instead of
+  its sSFR: red when its rest-frame (z = 0) u - r, dust included, lies above the red/blue
+  divider of Baldry et al. (2004, ApJ 600, 681) at its rest-frame absolute M_r (2.06 - 0.244
+  tanh((M_r + 20.07) / 1.09); ``physics.relations.baldry04_ur_divider``), as a logistic of width
+  ``UR_SPLIT_WIDTH`` mag. This is how Peng et al. (2010) typed the SDSS galaxies behind f_q
+  (red by colour, whatever reddens them), and it is what the SDSS photometry constrains: the
+  sSFR of a red galaxy is degenerate with its dust, and typed by sSFR 55-95% of red SDSS
+  galaxies were fitted as dusty star-formers and given the star-forming mass function.
 - ``"physical"``: the population the physical mock (``survey.mock.sample_physical``) draws, as a
   prior: log Z from ``"mzr"``, log M from the Baldry+12 mass function (``"mzr+smf"``), and the
   100-Myr sSFR's offset d from the Speagle+14 main sequence (Chabrier, at M* = logM - 0.23 and
@@ -66,19 +74,20 @@ import numpy as np
 from jax.scipy.special import ndtr
 from jax.scipy.stats import norm as normal
 
-from ..physics.forward import derived_quantities
+from ..physics.forward import derived_quantities, rest_frame_abs_mags
 from ..physics.params import IDX, ZSUN
-from ..physics.relations import (GALLAZZI05, MS_SCATTER_DEX, QUIESCENT_OFFSET_DEX, QUIESCENT_SCATTER_DEX, baldry12_log_smf,
+from ..physics.relations import (GALLAZZI05, baldry04_ur_divider, MS_SCATTER_DEX, QUIESCENT_OFFSET_DEX, QUIESCENT_SCATTER_DEX, baldry12_log_smf,
                                  peng10_log_quenched_fraction, speagle14_sfms)
 
 __all__ = ["PRIORS", "log_prior_ratio", "mzr_log_density", "smf_log_density", "typed_smf_log_density",
-           "log_ssfr_vs_main_sequence", "ssfr_log_density", "ssfr_reference_table", "NEEDS_MODEL", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "MS_SPLIT_DEX",
-           "MS_SPLIT_WIDTH"]
+           "log_ssfr_vs_main_sequence", "red_colour_margin", "ssfr_log_density", "ssfr_reference_table", "NEEDS_MODEL", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "MS_SPLIT_DEX",
+           "MS_SPLIT_WIDTH", "UR_SPLIT_WIDTH"]
 
-PRIORS = ("flat", "mzr", "mzr+smf", "mzr+smf-type", "physical")
-NEEDS_MODEL = ("mzr+smf-type", "physical")
+PRIORS = ("flat", "mzr", "mzr+smf", "mzr+smf-type", "mzr+smf-colour", "physical")
+NEEDS_MODEL = ("mzr+smf-type", "mzr+smf-colour", "physical")
 MS_SPLIT_DEX = -0.75  # log sSFR - main sequence [dex] between quenched and star-forming (see above)
 MS_SPLIT_WIDTH = 0.15  # dex: logistic scale of the split
+UR_SPLIT_WIDTH = 0.1  # mag: logistic scale of the colour split (the green valley is +-0.128 wide)
 FORMED_TO_SURVIVING_DEX = 0.23  # median logM_formed - logM_surviving of the project's populations (mock.py)
 MZR_MIN_WIDTH = 0.1  # dex: floor of the split-normal half-widths
 _G05_TO_MODEL = math.log10(0.02 / ZSUN)  # log Z/Zsun(0.02) -> log Z/Zsun(0.019)
@@ -140,12 +149,27 @@ def log_ssfr_vs_main_sequence(model, theta, with_ssfr: bool = False):
     return (d_ms, d["log_ssfr_100myr"].reshape(shape).astype(theta.dtype)) if with_ssfr else d_ms
 
 
-def typed_smf_log_density(log_m_formed, d_ms, lo: float, hi: float):
-    """log p(logM formed | sSFR) [per dex] of the ``"mzr+smf-type"`` preset: the Baldry+12 mass
-    function times the Peng+10 quenched fraction (or its complement), each normalised on the box's
+def red_colour_margin(model, theta):
+    """Rest-frame (z = 0) u - r minus the Baldry+04 red/blue divider at the galaxy's rest-frame
+    M_r [mag], dust included: > 0 red. (..., 11) -> (...). The model needs a u and an r band."""
+    names = [b.rsplit("-", 1)[-1] for b in model.bands]
+    if "u" not in names or "r" not in names:
+        raise ValueError(f"prior 'mzr+smf-colour' types galaxies by rest-frame u - r, but the model's bands {list(model.bands)} "
+                         "have no u or no r band: use prior 'mzr+smf-type' (typed by sSFR) instead")
+    flat = theta.reshape(-1, theta.shape[-1])
+    mags = rest_frame_abs_mags(model, flat)
+    m_u, m_r = mags[:, names.index("u")], mags[:, names.index("r")]
+    return (m_u - m_r - baldry04_ur_divider(m_r, xp=jnp)).reshape(theta.shape[:-1]).astype(theta.dtype)
+
+
+def typed_smf_log_density(log_m_formed, d_ms, lo: float, hi: float, red_margin=None):
+    """log p(logM formed | type) [per dex] of the typed presets: the Baldry+12 mass function
+    times the Peng+10 quenched fraction (or its complement), each normalised on the box's
     formed-mass range [lo, hi], mixed by the logistic quenched weight of ``d_ms``, the 100-Myr
-    sSFR minus the main sequence [dex] (:func:`log_ssfr_vs_main_sequence`). Arrays that
-    broadcast; differentiable in both."""
+    sSFR minus the main sequence [dex] (:func:`log_ssfr_vs_main_sequence`; ``"mzr+smf-type"``),
+    or, when ``d_ms`` is None, of ``red_margin``, the rest-frame u - r above the red/blue divider
+    [mag] (:func:`red_colour_margin`; ``"mzr+smf-colour"``). Arrays that broadcast;
+    differentiable."""
     def parts(lm_formed, xp):
         lm = lm_formed - FORMED_TO_SURVIVING_DEX
         log_phi = baldry12_log_smf(lm, xp=xp)
@@ -155,7 +179,7 @@ def typed_smf_log_density(log_m_formed, d_ms, lo: float, hi: float):
     norm_q = _log_norm_on_box(lambda g: parts(g, np)[0], lo, hi)
     norm_sf = _log_norm_on_box(lambda g: parts(g, np)[1], lo, hi)
     lp_q, lp_sf = parts(log_m_formed, jnp)
-    u = (MS_SPLIT_DEX - d_ms) / MS_SPLIT_WIDTH  # > 0: quenched
+    u = (MS_SPLIT_DEX - d_ms) / MS_SPLIT_WIDTH if d_ms is not None else red_margin / UR_SPLIT_WIDTH  # > 0: quenched / red
     return jnp.logaddexp(jax.nn.log_sigmoid(u) + lp_q - norm_q, jax.nn.log_sigmoid(-u) + lp_sf - norm_sf)
 
 
@@ -222,7 +246,7 @@ def log_prior_ratio(theta, prior: str, lo, hi, model=None, ssfr_table=None):
         out = mzr_log_density(theta[..., j], theta[..., m], lz_lo, lz_hi) + math.log(lz_hi - lz_lo)
         lm_lo, lm_hi = float(np.asarray(lo)[m]), float(np.asarray(hi)[m])
         if prior in NEEDS_MODEL and model is None:
-            raise ValueError(f"prior {prior!r} needs the forward model (the sSFR decides the type)")
+            raise ValueError(f"prior {prior!r} needs the forward model (the sSFR or the colour decides the type)")
         if prior in ("mzr+smf", "physical"):
             out = out + smf_log_density(theta[..., m], lm_lo, lm_hi) + math.log(lm_hi - lm_lo)
         if prior == "physical":
@@ -233,5 +257,8 @@ def log_prior_ratio(theta, prior: str, lo, hi, model=None, ssfr_table=None):
         if prior == "mzr+smf-type":
             d_ms = log_ssfr_vs_main_sequence(model, theta)
             out = out + typed_smf_log_density(theta[..., m], d_ms, lm_lo, lm_hi) + math.log(lm_hi - lm_lo)
+        if prior == "mzr+smf-colour":
+            red = red_colour_margin(model, theta)
+            out = out + typed_smf_log_density(theta[..., m], None, lm_lo, lm_hi, red_margin=red) + math.log(lm_hi - lm_lo)
         return out
     raise ValueError(f"prior must be one of {list(PRIORS)}, got {prior!r}")

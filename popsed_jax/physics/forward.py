@@ -37,7 +37,7 @@ from . import cosmology as cosmo_mod
 from . import dust, photometry, sfh, ssp
 from .params import IDX, PARAM_BOUNDS, PARAM_NAMES, PARAM_UNITS, ZSUN, theta_from_columns, theta_to_columns  # noqa: F401
 
-__all__ = ["ForwardModel", "wave_grid_edges", "dsps_bin_edges", "build_forward_model", "metallicity_weights",
+__all__ = ["ForwardModel", "rest_frame_abs_mags", "wave_grid_edges", "dsps_bin_edges", "build_forward_model", "metallicity_weights",
     "ssp_weights", "rest_spectra", "redshift_to_obs_grid", "observe_spectra", "spectrum_fluxes",
     "forward_fluxes", "compute_fluxes", "forward_mags", "derived_quantities", "check_theta"]
 
@@ -273,6 +273,16 @@ def observe_spectra(spec, z, mass, model: ForwardModel):
     dl = cosmo_mod.lum_distance(z, model.cosmo)
     # 1e9 nmgy/maggie * (1e-5 Mpc / d_L)^2 = 0.1 / d_L^2
     return band * (0.1 * (1 + z) / dl**2 * mass)[:, None]
+
+
+def rest_frame_abs_mags(model: ForwardModel, theta):
+    """Rest-frame (z = 0) absolute AB magnitudes in the model's bands, (N, n_bands): the
+    attenuated spectrum of theta (N, 11) at 10 pc through each band, as the survey would see the
+    galaxy at z = 0 (the observed grid is a suffix of the rest grid, so no interpolation)."""
+    spec = rest_spectra(model, theta)
+    obs = redshift_to_obs_grid(spec, jnp.zeros_like(theta[:, IDX["z"]]), model.k0, model.dlnlam, model.filt.shape[0])
+    band = obs @ model.filt  # maggies at 10 pc per Msun formed
+    return -2.5 * jnp.log10(jnp.maximum(band, 1e-30)) - 2.5 * theta[:, IDX["logM"]][:, None]
 
 
 def spectrum_fluxes(wave, lnu, z, filters=photometry.DEFAULT_FILTERS, cosmology=cosmo_mod.PLANCK15, dlnlam=2e-3, dtype=None):

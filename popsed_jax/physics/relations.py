@@ -8,7 +8,7 @@ import numpy as np
 
 from .cosmology import PLANCK15
 
-__all__ = ["BALDRY12", "MS_SCATTER_DEX", "QUIESCENT_OFFSET_DEX", "QUIESCENT_SCATTER_DEX", "PENG10_MASS_QUENCHING", "peng10_log_quenched_fraction", "H_SHIFT_DEX", "baldry12_log_smf", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
+__all__ = ["BALDRY12", "BALDRY04_UR_DIVIDER", "baldry04_ur_divider", "MS_SCATTER_DEX", "QUIESCENT_OFFSET_DEX", "QUIESCENT_SCATTER_DEX", "PENG10_MASS_QUENCHING", "peng10_log_quenched_fraction", "H_SHIFT_DEX", "baldry12_log_smf", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
            "renzini_peng15_sfms", "gallazzi05_mzr"]
 
 # Baldry et al. (2012, MNRAS 421, 621), GAMA z < 0.06 double-Schechter GSMF, H0 = 70
@@ -36,6 +36,11 @@ PENG10_MASS_QUENCHING = dict(logm_q=10.56, p4=0.80)
 MS_SCATTER_DEX = 0.2
 QUIESCENT_OFFSET_DEX = -1.5
 QUIESCENT_SCATTER_DEX = 0.4
+# Baldry et al. (2004, ApJ 600, 681, eq. 11): the optimal divider between the red and blue
+# sequences of SDSS galaxies (0.004 < z < 0.08) in rest-frame (z = 0) u - r against M_r,
+# C'_ur = 2.06 - 0.244 tanh((M_r + 20.07) / 1.09); Peng et al. (2010) measured their SDSS red
+# fraction (f_q below) with colour-mass cuts of this kind (Baldry et al. 2006)
+BALDRY04_UR_DIVIDER = dict(c0=2.06, amp=0.244, m0=-20.07, width=1.09)
 KROUPA_TO_CHABRIER_DEX = -0.03  # log M (and log SFR) Chabrier - Kroupa, ~0.03 dex (e.g. Madau & Dickinson 2014: 0.61/0.66)
 
 
@@ -61,6 +66,13 @@ def peng10_log_quenched_fraction(logm_surviving, xp=np):
     lm = np.asarray(logm_surviving, float) if xp is np else logm_surviving
     x = xp.exp((lm - p["logm_q"]) * float(p["p4"] * np.log(10.0)))
     return xp.log(-xp.expm1(-x)), -x
+
+
+def baldry04_ur_divider(m_r, xp=np):
+    """Rest-frame u - r [AB mag] dividing red from blue SDSS galaxies at absolute magnitude
+    ``m_r`` (Baldry et al. 2004, eq. 11); numpy or jax.numpy via ``xp``."""
+    p = BALDRY04_UR_DIVIDER
+    return p["c0"] - p["amp"] * xp.tanh((m_r - p["m0"]) / p["width"])
 
 
 def baldry12_smf(logM, h: float = PLANCK15.H0 / 100.0) -> np.ndarray:

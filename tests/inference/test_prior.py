@@ -10,7 +10,7 @@ import pytest
 
 from popsed_jax.inference import fit as fitlib
 from popsed_jax.inference.config import FitConfig
-from popsed_jax.inference.prior import (MS_SPLIT_DEX, log_prior_ratio, log_ssfr_vs_main_sequence, mzr_log_density,
+from popsed_jax.inference.prior import (MS_SPLIT_DEX, MS_SPLIT_WIDTH, UR_SPLIT_WIDTH, log_prior_ratio, log_ssfr_vs_main_sequence, mzr_log_density,
                                         smf_log_density, ssfr_log_density, ssfr_reference_table, typed_smf_log_density)
 from popsed_jax.physics.relations import gallazzi05_mzr
 from popsed_jax.survey.catalog import read_sdss_main
@@ -115,6 +115,10 @@ def test_typed_smf_is_normalised_per_type_and_is_what_the_physical_mock_draws():
         assert np.all(np.isfinite(lp))
         assert np.trapezoid(np.exp(lp), x) == pytest.approx(1.0, abs=1e-4), d
         dens[d] = lp
+    # typed by colour instead: the same densities at the same logistic argument
+    for d, margin in ((-5.0, UR_SPLIT_WIDTH * (MS_SPLIT_DEX + 5.0) / MS_SPLIT_WIDTH), (3.0, UR_SPLIT_WIDTH * (MS_SPLIT_DEX - 3.0) / MS_SPLIT_WIDTH)):
+        lc = np.asarray(typed_smf_log_density(jnp.asarray(x), None, 7.5, 13.0, red_margin=jnp.full(x.shape, margin)))
+        np.testing.assert_allclose(lc, dens[d], rtol=1e-5, atol=1e-5)
     # at the split the two types weigh 1/2 each
     np.testing.assert_allclose(np.exp(dens[MS_SPLIT_DEX]), 0.5 * (np.exp(dens[-5.0]) + np.exp(dens[3.0])), rtol=1e-3, atol=1e-6)
     ratio = dens[-5.0] - dens[3.0]
@@ -240,7 +244,7 @@ def test_physical_prior_gives_box_draws_the_quenched_fraction_of_peng(model):
 
 
 @pytest.mark.slow  # compiles the members' loss (~30 s); the default suite's KL test (test_fit.py) shares the path
-@pytest.mark.parametrize("prior", ["mzr", "mzr+smf-type", "physical"])
+@pytest.mark.parametrize("prior", ["mzr", "mzr+smf-type", "mzr+smf-colour", "physical"])
 def test_mzr_prior_adds_minus_weighted_mean_log_ratio_of_the_same_samples(prior):
     tiny = dict(steps=12, n_sim=256, batch_obs=256, n_val=256, flow_layers=2, flow_hidden=16, flow_bins=8,
                 logz_range=(-2.27, 0.3), prior="flat")
@@ -255,3 +259,57 @@ def test_mzr_prior_adds_minus_weighted_mean_log_ratio_of_the_same_samples(prior)
     expect = -flat.cfg.kl_weight * float(jnp.mean(log_prior_ratio(theta, prior, flat.flow_cfg.lo, flat.flow_cfg.hi, flat.model,
                                                                            table)))
     assert float(v1 - v0) == pytest.approx(expect, rel=1e-3, abs=1e-6)
+
+
+def test_rest_frame_absolute_magnitudes_are_the_observed_ones_minus_the_distance_modulus_as_z_goes_to_0(model):
+    """The rest-frame (z = 0) absolute AB magnitudes equal the observed magnitudes of the same
+    galaxy at z -> 0 minus its distance modulus (the K-correction vanishes); 10x the mass is 2.5
+    mag brighter in every band."""
+    from popsed_jax.physics import cosmology
+    from popsed_jax.physics.forward import forward_fluxes, rest_frame_abs_mags
+
+    th = np.array([[1e-3, 10.5, 0.5, 0.5, 0.5, 5.0, 0.0, 0.0, -0.3, 0.3, 0.5],
+                   [1e-3, 9.0, 0.01, 0.5, 0.5, 0.1, 0.2, -0.7, 0.0, 0.8, 0.2],
+                   [1e-3, 11.0, 1.0, 1.0, 1.0, 5.0, 0.0, 0.2, 0.0, 0.0, 0.0]])
+    thj = jnp.asarray(th, jnp.float32)
+    mags = np.asarray(rest_frame_abs_mags(model, thj))
+    app = 22.5 - 2.5 * np.log10(np.asarray(forward_fluxes(model, thj)))
+    dist_mod = 5 * np.log10(np.asarray(cosmology.lum_distance(thj[:, 0], model.cosmo)) * 1e5)
+    np.testing.assert_allclose(app - dist_mod[:, None], mags, atol=5e-3)
+    brighter = np.asarray(rest_frame_abs_mags(model, thj.at[:, 1].add(1.0)))
+    np.testing.assert_allclose(mags - brighter, 2.5, atol=1e-4)
+
+
+def test_colour_typed_prior_types_old_galaxies_red_and_young_ones_blue(model):
+    """'mzr+smf-colour': an old dust-free population is above Baldry+04's red/blue divider in
+    rest-frame u - r, a young star-forming one below, and a massive star-forming one reddened by
+    dust (tau2 = 3) counts as red, as Peng+10's colour-typed red fraction counts it; the prior adds
+    the typed mass function at that colour margin to the MZR, favours a massive red galaxy over a
+    massive blue one, takes the fit's (K, n, 11) layout with finite float32 gradients, and refuses
+    a model without a u band with a message naming the bands."""
+    from popsed_jax.inference.prior import red_colour_margin
+
+    lo, hi = fitlib.box_bounds(FitConfig())
+    base = np.array([0.1, 11.5, 0.9, 0.5, 0.5, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    th = np.tile(base, (3, 1))
+    th[0, 2:5] = 1.0  # all mass in the oldest basis: old, quenched
+    th[1:, 2] = 0.001  # most mass in the most recent basis: star-forming
+    th[2, 2], th[2, 10] = 0.5, 3.0  # star-forming behind a lot of dust
+    thj = jnp.asarray(th, jnp.float32)
+    red = np.asarray(red_colour_margin(model, thj))
+    assert red[0] > 0.1 and red[1] < -0.3 and red[2] > 0.1
+    assert float(log_ssfr_vs_main_sequence(model, thj)[2]) > 0.3  # on or above the main sequence by its sSFR
+    m = fitlib.PARAM_NAMES.index("logM")
+    v = np.asarray(log_prior_ratio(thj, "mzr+smf-colour", lo, hi, model))
+    expect = (np.asarray(log_prior_ratio(thj, "mzr", lo, hi))
+              + np.asarray(typed_smf_log_density(thj[:, m], None, lo[m], hi[m], red_margin=jnp.asarray(red))) + np.log(hi[m] - lo[m]))
+    np.testing.assert_allclose(v, expect, rtol=1e-4, atol=1e-4)
+    assert v[0] > v[1] + 3
+    th3 = jnp.stack([thj, thj[::-1]])
+    g = jax.grad(lambda t: jnp.sum(log_prior_ratio(t, "mzr+smf-colour", lo, hi, model)))(th3.at[..., 2:5].set(0.5))
+    assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+    no_u = dataclasses.replace(model, bands=tuple(b for b in model.bands if not b.endswith("-u")),
+                               filt=model.filt[:, 1:] if model.bands[0].endswith("-u") else model.filt)
+    with pytest.raises(ValueError, match="no u or no r band"):
+        red_colour_margin(no_u, thj)
+    assert FitConfig(prior="mzr+smf-colour").prior == "mzr+smf-colour"
