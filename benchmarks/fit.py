@@ -1,7 +1,7 @@
 """Training-step cost: its parts, the ensemble scaling, steps per second.
 
     python benchmarks/fit.py [--catalog sdss] [--n-sim 2048] [--members 4] [--n-projections P]
-                             [--shard] [--json bench_out/fit.json]
+                             [--shard] [--prior P] [--json bench_out/fit.json]
 
 Times (best of --repeat, jitted, value and gradient where the step takes one) the parts of
 a training step at the default configuration: flow sampling, forward model, noise +
@@ -35,6 +35,8 @@ def main(argv=None):
     ap.add_argument("--shard", action="store_true",
                     help="shard the K members over the devices (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2)")
     ap.add_argument("--n-projections", type=int, default=None, help="sliced-loss directions (default: FitConfig's)")
+    ap.add_argument("--prior", default=None, help="also time one step under this population prior (e.g. mzr+smf-colour), "
+                    "as a ratio to the default prior's step")
     a = ap.parse_args(argv)
 
     from popsed_jax.inference import fit as fitlib
@@ -103,8 +105,14 @@ def main(argv=None):
         state = state._replace(step=cfg.steps - 1)
         step = fitlib.make_step(ctx_k, mesh=mesh if k == a.members else None)
         out_steps[k] = best_time(lambda: step(state)[1]["loss"], repeat=a.repeat)
+    prior_ratio = None
+    if a.prior:
+        ctx_p = fitlib.prepare(load_catalog(a.catalog), dataclasses.replace(cfg, prior=a.prior))
+        state = fitlib.init(ctx_p)._replace(step=cfg.steps - 1)
+        step = fitlib.make_step(ctx_p)
+        prior_ratio = best_time(lambda: step(state)[1]["loss"], repeat=a.repeat) / out_steps[1]
     res = dict(
-        backend=jax.default_backend(), n_sim=n, batch_obs=cfg.batch_obs, epsilon=eps,
+        backend=jax.default_backend(), prior=cfg.prior, other_prior=a.prior, other_prior_step_ratio=prior_ratio, n_sim=n, batch_obs=cfg.batch_obs, epsilon=eps,
         seconds=dict(sample_grad=t_sample, forward_grad=t_fwd, noise_selection_features_grad=t_noise, loss_grad=t_loss,
                      step_1_member=out_steps[1], step_k_members=out_steps[a.members]),
         members=a.members, ensemble_time_ratio=out_steps[a.members] / out_steps[1],
@@ -121,7 +129,8 @@ def main(argv=None):
         f"fit step [{res['backend']}] n_sim={n} vs {cfg.batch_obs} obs at eps={eps:.3g}: sample {s['sample_grad']:.3f} s, forward {s['forward_grad']:.3f} s, "
         f"noise+features {s['noise_selection_features_grad']:.3f} s, loss {s['loss_grad']:.3f} s; whole step {s['step_1_member']:.3f} s "
         f"({res['steps_per_s']:.2f} steps/s); {a.members} members {'sharded over ' + str(res['devices']) + ' devices' if res['sharded'] else 'vmapped'} {s['step_k_members']:.3f} s = {res['ensemble_time_ratio']:.2f}x one "
-        f"(parts: sample {part_k['sample_grad']:.2f}x, forward {part_k['forward_grad']:.2f}x, loss {part_k['loss_grad']:.2f}x) -> {a.json}"
+        f"(parts: sample {part_k['sample_grad']:.2f}x, forward {part_k['forward_grad']:.2f}x, loss {part_k['loss_grad']:.2f}x)"
+        + (f"; prior {a.prior!r} step {prior_ratio:.2f}x the {cfg.prior!r} one" if a.prior else "") + f" -> {a.json}"
     )
     return res
 

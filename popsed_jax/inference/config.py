@@ -100,11 +100,13 @@ class FitConfig:
     z_prior: str = _f("volume", "Population prior",
                       "the flow's starting redshift distribution: uniform in comoving volume (\"volume\") or in z",
                       _one_of("volume", "uniform"))
-    prior: str = _f("mzr", "Population prior",
-                    "population prior of the KL term: 'flat' (the box and volume z prior) or 'mzr' (+ Gallazzi+05 "
-                    "mass-metallicity relation), 'mzr+smf' (+ Baldry+12 mass function) or 'mzr+smf-type' (+ the mass "
-                    "function of each galaxy's type, Baldry+12 x Peng+10 quenched fraction, typed by sSFR) or 'mzr+smf-colour' "
-                    "(the same, typed by rest-frame u - r against Baldry+04's red/blue divider) or 'physical' (+ Baldry+12 "
+    prior: str = _f("mzr+smf-colour", "Population prior",
+                    "population prior of the KL term: 'mzr+smf-colour' (default: the box and volume z prior, the Gallazzi+05 "
+                    "mass-metallicity relation and the mass function of each galaxy's colour type, Baldry+12 x the Peng+10 "
+                    "red fraction for galaxies red in rest-frame u - r by Baldry+04's divider, x its complement for blue "
+                    "ones; needs a u and an r band), 'flat' (the box and volume z prior), 'mzr' (+ the Gallazzi+05 "
+                    "mass-metallicity relation), 'mzr+smf' (+ Baldry+12 mass function), 'mzr+smf-type' (as the default, "
+                    "typed by sSFR against the main sequence) or 'physical' (+ Baldry+12 "
                     "masses and the main-sequence / quenched sSFR distribution of the physical mock); see "
                     "popsed_jax.inference.prior",
                     _one_of("flat", "mzr", "mzr+smf", "mzr+smf-type", "mzr+smf-colour", "physical"))

@@ -47,7 +47,7 @@ from . import flows
 from . import loss as loss_mod
 from .config import FitConfig
 from .distributed import to_host
-from .prior import log_prior_ratio, ssfr_reference_table
+from .prior import log_prior_ratio, ssfr_reference_table, ur_band_indices
 
 __all__ = [
     "FitProblem", "FitState", "prepare", "init", "make_step", "make_optimizer", "validate",
@@ -197,6 +197,8 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: NoiseModel | None = None,
     observation = make_observation(noise, cfg.limit, colours=cfg.colours, selection_width=cfg.selection_width, stats=stats)
     fc = flow_config(cfg)
     table = ssfr_reference_table(model, fc.lo, fc.hi) if cfg.prior == "physical" else None
+    if cfg.prior == "mzr+smf-colour":
+        ur_band_indices(model.bands)  # refuse now, not inside the first jitted step
     return FitProblem(cfg, model, observation, fc, std(feats[tr]), std(feats[va]),
                       make_loss_fn(tl["kind"], cfg.n_projections, tl["solver"]), make_loss_fn(cfg.val_loss), table)
 

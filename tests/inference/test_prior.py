@@ -313,3 +313,14 @@ def test_colour_typed_prior_types_old_galaxies_red_and_young_ones_blue(model):
     with pytest.raises(ValueError, match="no u or no r band"):
         red_colour_margin(no_u, thj)
     assert FitConfig(prior="mzr+smf-colour").prior == "mzr+smf-colour"
+
+
+def test_the_default_colour_typed_prior_refuses_a_catalog_without_a_u_band_before_fitting():
+    """The default prior needs rest-frame u - r: a catalog without u is refused when the fit is
+    set up, with a message naming the bands and what to set instead."""
+    cat = read_sdss_main(bands=("g", "r", "i", "z"))
+    tiny = dict(steps=2, n_sim=256, batch_obs=256, n_val=256, flow_layers=2, flow_hidden=16, flow_bins=8)
+    assert FitConfig().prior == "mzr+smf-colour"
+    with pytest.raises(ValueError, match=r"no u or no r band.*prior = 'mzr\+smf-type'"):
+        fitlib.prepare(cat, FitConfig(**tiny))
+    assert fitlib.prepare(cat, FitConfig(**tiny, prior="mzr")).model.bands == cat.bands
