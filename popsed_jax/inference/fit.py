@@ -211,7 +211,9 @@ def simulate_members(problem: FitProblem, st, params, keys, n: int, noise_scale=
 
     st = problem.statics; params stacked (leading axis K); keys (K, 2). Returns theta
     (K, n, 11), features (K, n, D), selection weights (K, n) (each member's sum to 1) or None,
-    noisy fluxes (K, n, B) and the Monte-Carlo KL(q_phi || reference) per member (K,).
+    noisy fluxes (K, n, B) and the Monte-Carlo KL(q_phi || prior) per member (K,), the prior
+    being ``problem.cfg.prior`` (KL(q || p_ref) - E_q[log(prior / p_ref)]; the colour-typed
+    prior's rest-frame colours come from the forward model's own spectra).
 
     Only the flow is vmapped over members. The per-galaxy steps (forward model, features,
     selection) take all K n samples as one batch: under ``vmap`` XLA's CPU backward pass of
@@ -223,7 +225,17 @@ def simulate_members(problem: FitProblem, st, params, keys, n: int, noise_scale=
     k = theta.shape[0]
     # on CPU one member's n samples at a time (lax.map) stay in cache; accelerators take all K n at once
     chunk = n if jax.default_backend() == "cpu" else None
-    flux = forward.forward_fluxes(model, theta.reshape(k * n, -1), chunk_size=chunk).reshape(k, n, -1)
+    cfg = problem.cfg
+    rest = None
+    if cfg.prior == "mzr+smf-colour":
+        flux, rest = forward.forward_fluxes(model, theta.reshape(k * n, -1), chunk_size=chunk, with_rest=True)
+        flux = flux.reshape(k, n, -1)
+    else:
+        flux = forward.forward_fluxes(model, theta.reshape(k * n, -1), chunk_size=chunk).reshape(k, n, -1)
+    kl = jnp.mean(log_ratio, axis=-1)
+    if cfg.prior != "flat":  # KL(q || prior) = KL(q || p_ref) - E_q[log(prior / p_ref)]
+        kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi, model,
+                                           problem.prior_table, None if rest is None else rest.reshape(k, n, -1)), axis=-1)
     noisy, _ = jax.vmap(lambda f, kk: noisy_fluxes(obs, f, kk, noise_scale))(flux, ks[:, 1])
     flat = noisy.reshape(k * n, -1)
     feats = features(obs, flat).reshape(k, n, -1)
@@ -231,7 +243,7 @@ def simulate_members(problem: FitProblem, st, params, keys, n: int, noise_scale=
     # normalised in log space: a population entirely below the limit (all weights ~1e-26,
     # seen in short fits) keeps finite gradients instead of overflowing w / sum(w)
     w = None if logw is None else jax.nn.softmax(logw.reshape(k, n), axis=-1)
-    return theta, feats, w, noisy, jnp.mean(log_ratio, axis=-1)
+    return theta, feats, w, noisy, kl
 
 
 # largest validation split (galaxies): the validation Sinkhorn divergence holds dense
@@ -258,9 +270,6 @@ def _members_loss(problem: FitProblem, st, params, keys, obs_all, eps, noise_sca
     cfg = problem.cfg
     ks = jax.vmap(lambda kk: jax.random.split(kk, 3))(keys)
     theta, feats, w, _, kl = simulate_members(problem, st, params, ks[:, 0], cfg.n_sim, noise_scale)
-    if cfg.prior != "flat":  # KL(q || prior) = KL(q || p_ref) - E_q[log(prior / p_ref)]
-        kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi, st[0],
-                                                problem.prior_table), axis=-1)
     idx = jax.vmap(lambda kk: minibatch_index(kk, obs_all.shape[0], cfg.batch_obs))(ks[:, 1])
 
     def one(x, y, kk, ww):

@@ -163,12 +163,15 @@ def ur_band_indices(bands) -> tuple[int, int]:
     return names.index("u"), names.index("r")
 
 
-def red_colour_margin(model, theta):
+def red_colour_margin(model, theta, rest_mags=None):
     """Rest-frame (z = 0) u - r minus the Baldry+04 red/blue divider at the galaxy's rest-frame
-    M_r [mag], dust included: > 0 red. (..., 11) -> (...). The model needs a u and an r band."""
+    M_r [mag], dust included: > 0 red. (..., 11) -> (...). The model needs a u and an r band.
+    rest_mags: the rest-frame absolute magnitudes (..., n_bands) if already computed
+    (``forward.forward_fluxes(..., with_rest=True)``), else computed here."""
     iu, ir = ur_band_indices(model.bands)
-    flat = theta.reshape(-1, theta.shape[-1])
-    mags = rest_frame_abs_mags(model, flat)
+    if rest_mags is None:
+        rest_mags = rest_frame_abs_mags(model, theta.reshape(-1, theta.shape[-1]))
+    mags = rest_mags.reshape(-1, rest_mags.shape[-1])
     m_u, m_r = mags[:, iu], mags[:, ir]
     return (m_u - m_r - baldry04_ur_divider(m_r, xp=jnp)).reshape(theta.shape[:-1]).astype(theta.dtype)
 
@@ -244,11 +247,13 @@ def _interp_table(table, z, s):
             + a * b * lh[i + 1, j + 1])
 
 
-def log_prior_ratio(theta, prior: str, lo, hi, model=None, ssfr_table=None):
+def log_prior_ratio(theta, prior: str, lo, hi, model=None, ssfr_table=None, rest_mags=None):
     """log(prior / p_ref) at theta (..., 11), for the box ``lo``, ``hi`` (11,) -> (...). ``model``
-    (the forward model: SFH bases, cosmology, mass fractions) is needed by ``"mzr+smf-type"``,
-    whose mass function depends on the sSFR, and ``"physical"``, which also needs
-    ``ssfr_table`` (:func:`ssfr_reference_table` of the same model and box)."""
+    (the forward model: SFH bases, cosmology, mass fractions, filters) is needed by
+    ``"mzr+smf-type"`` and ``"mzr+smf-colour"``, whose mass function depends on the sSFR or the
+    colour, and ``"physical"``, which also needs ``ssfr_table`` (:func:`ssfr_reference_table` of
+    the same model and box). rest_mags: ``"mzr+smf-colour"``'s rest-frame absolute magnitudes
+    (..., n_bands) when the caller has them (:func:`red_colour_margin`)."""
     if prior == "flat":
         return jnp.zeros(theta.shape[:-1], theta.dtype)
     if prior in PRIORS[1:]:
@@ -269,7 +274,7 @@ def log_prior_ratio(theta, prior: str, lo, hi, model=None, ssfr_table=None):
             d_ms = log_ssfr_vs_main_sequence(model, theta)
             out = out + typed_smf_log_density(theta[..., m], d_ms, lm_lo, lm_hi) + math.log(lm_hi - lm_lo)
         if prior == "mzr+smf-colour":
-            red = red_colour_margin(model, theta)
+            red = red_colour_margin(model, theta, rest_mags)
             out = out + typed_smf_log_density(theta[..., m], None, lm_lo, lm_hi, red_margin=red) + math.log(lm_hi - lm_lo)
         return out
     raise ValueError(f"prior must be one of {list(PRIORS)}, got {prior!r}")

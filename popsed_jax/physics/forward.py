@@ -259,10 +259,18 @@ def redshift_to_obs_grid(spec, z, k0, dlnlam: float, n_obs: int):
     return f * seg[:, :-1] + (1 - f) * seg[:, 1:]
 
 
-def _forward(model: ForwardModel, theta):
+def _forward(model: ForwardModel, theta, with_rest: bool = False):
     spec = rest_spectra(model, theta)
     z = theta[:, IDX["z"]]
-    return observe_spectra(spec, z, 10.0 ** theta[:, IDX["logM"]], model)
+    flux = observe_spectra(spec, z, 10.0 ** theta[:, IDX["logM"]], model)
+    return (flux, _rest_abs_mags(model, spec, theta)) if with_rest else flux
+
+
+def _rest_abs_mags(model: ForwardModel, spec, theta):
+    """Absolute AB magnitudes at z = 0 (N, n_bands) from rest spectra (N, n_rest) per Msun formed."""
+    obs = redshift_to_obs_grid(spec, jnp.zeros_like(theta[:, IDX["z"]]), model.k0, model.dlnlam, model.filt.shape[0])
+    band = obs @ model.filt  # maggies at 10 pc per Msun formed
+    return -2.5 * jnp.log10(jnp.maximum(band, 1e-30)) - 2.5 * theta[:, IDX["logM"]][:, None]
 
 
 def observe_spectra(spec, z, mass, model: ForwardModel):
@@ -279,10 +287,7 @@ def rest_frame_abs_mags(model: ForwardModel, theta):
     """Rest-frame (z = 0) absolute AB magnitudes in the model's bands, (N, n_bands): the
     attenuated spectrum of theta (N, 11) at 10 pc through each band, as the survey would see the
     galaxy at z = 0 (the observed grid is a suffix of the rest grid, so no interpolation)."""
-    spec = rest_spectra(model, theta)
-    obs = redshift_to_obs_grid(spec, jnp.zeros_like(theta[:, IDX["z"]]), model.k0, model.dlnlam, model.filt.shape[0])
-    band = obs @ model.filt  # maggies at 10 pc per Msun formed
-    return -2.5 * jnp.log10(jnp.maximum(band, 1e-30)) - 2.5 * theta[:, IDX["logM"]][:, None]
+    return _rest_abs_mags(model, rest_spectra(model, theta), theta)
 
 
 def spectrum_fluxes(wave, lnu, z, filters=photometry.DEFAULT_FILTERS, cosmology=cosmo_mod.PLANCK15, dlnlam=2e-3, dtype=None):
@@ -305,23 +310,25 @@ def spectrum_fluxes(wave, lnu, z, filters=photometry.DEFAULT_FILTERS, cosmology=
     return obs * (0.1 * (1 + zz) / cosmo_mod.lum_distance(zz, table) ** 2)[:, None]
 
 
-def forward_fluxes(model: ForwardModel, theta, chunk_size: int | None = None):
+def forward_fluxes(model: ForwardModel, theta, chunk_size: int | None = None, with_rest: bool = False):
     """Noiseless fluxes [nanomaggies], (N, n_bands), for theta (N, 11): the unchecked kernel.
 
     Pure, jit-able and differentiable in theta (:func:`compute_fluxes` is the checked entry
     point). ``chunk_size`` bounds memory for large N by
     mapping over chunks (the result is the same). Redshifts must lie in [0, model.z_max]
-    (use :func:`check_theta` outside jit).
+    (use :func:`check_theta` outside jit). with_rest: also return the rest-frame absolute
+    magnitudes (N, n_bands) of :func:`rest_frame_abs_mags`, from the same spectra (no second
+    pass through the SSP matrix).
     """
     theta = jnp.asarray(theta, model.ssp_all.dtype)
     n = theta.shape[0]
     if chunk_size is None or n <= chunk_size:
-        return _forward(model, theta)
+        return _forward(model, theta, with_rest)
     n_chunks = -(-n // chunk_size)
     pad = n_chunks * chunk_size - n
     tp = jnp.concatenate([theta, jnp.broadcast_to(theta[:1], (pad, theta.shape[1]))]) if pad else theta
-    out = jax.lax.map(lambda t: _forward(model, t), tp.reshape(n_chunks, chunk_size, -1))
-    return out.reshape(n_chunks * chunk_size, -1)[:n]
+    out = jax.lax.map(lambda t: _forward(model, t, with_rest), tp.reshape(n_chunks, chunk_size, -1))
+    return jax.tree.map(lambda o: o.reshape(n_chunks * chunk_size, -1)[:n], out)
 
 
 _forward_jit = jax.jit(lambda model, theta, chunk_size: forward_fluxes(model, theta, chunk_size), static_argnums=2)
