@@ -110,6 +110,10 @@ class FitConfig:
                     "masses and the main-sequence / quenched sSFR distribution of the physical mock); see "
                     "popsed_jax.inference.prior",
                     _one_of("flat", "mzr", "mzr+smf", "mzr+smf-type", "mzr+smf-colour", "physical"))
+    mass_function: str = _f("weigel16", "Population prior",
+                            "galaxy stellar mass function of the 'mzr+smf*' priors: 'weigel16' (Weigel+16, SDSS DR7, "
+                            "default) or 'baldry12' (Baldry+12, GAMA z < 0.06); the 'physical' prior keeps the physical "
+                            "mock's Baldry+12", _one_of("weigel16", "baldry12"))
     logz_range: tuple = _f((-2.27, 0.3), "Population prior",
                            "log Z/Zsun range of the prior box (BC03's grid starts at -2.28: below it the model clamps)",
                            lambda v: None if (isinstance(v, (tuple, list)) and len(v) == 2 and all(

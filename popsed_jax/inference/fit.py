@@ -235,7 +235,8 @@ def simulate_members(problem: FitProblem, st, params, keys, n: int, noise_scale=
     kl = jnp.mean(log_ratio, axis=-1)
     if cfg.prior != "flat":  # KL(q || prior) = KL(q || p_ref) - E_q[log(prior / p_ref)]
         kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi, model,
-                                           problem.prior_table, None if rest is None else rest.reshape(k, n, -1)), axis=-1)
+                                           problem.prior_table, None if rest is None else rest.reshape(k, n, -1),
+                                           cfg.mass_function), axis=-1)
     noisy, _ = jax.vmap(lambda f, kk: noisy_fluxes(obs, f, kk, noise_scale))(flux, ks[:, 1])
     flat = noisy.reshape(k * n, -1)
     feats = features(obs, flat).reshape(k, n, -1)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .cosmology import PLANCK15
 
-__all__ = ["BALDRY12", "BALDRY04_UR_DIVIDER", "baldry04_ur_divider", "MS_SCATTER_DEX", "QUIESCENT_OFFSET_DEX", "QUIESCENT_SCATTER_DEX", "PENG10_MASS_QUENCHING", "peng10_log_quenched_fraction", "H_SHIFT_DEX", "baldry12_log_smf", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
+__all__ = ["BALDRY12", "WEIGEL16", "double_schechter_log_smf", "weigel16_log_smf", "BALDRY04_UR_DIVIDER", "baldry04_ur_divider", "MS_SCATTER_DEX", "QUIESCENT_OFFSET_DEX", "QUIESCENT_SCATTER_DEX", "PENG10_MASS_QUENCHING", "peng10_log_quenched_fraction", "H_SHIFT_DEX", "baldry12_log_smf", "KROUPA_TO_CHABRIER_DEX", "GALLAZZI05", "baldry12_smf", "speagle14_sfms",
            "renzini_peng15_sfms", "gallazzi05_mzr"]
 
 # Baldry et al. (2012, MNRAS 421, 621), GAMA z < 0.06 double-Schechter GSMF, H0 = 70
@@ -42,19 +42,38 @@ QUIESCENT_SCATTER_DEX = 0.4
 # fraction (f_q below) with colour-mass cuts of this kind (Baldry et al. 2006)
 BALDRY04_UR_DIVIDER = dict(c0=2.06, amp=0.244, m0=-20.07, width=1.09)
 KROUPA_TO_CHABRIER_DEX = -0.03  # log M (and log SFR) Chabrier - Kroupa, ~0.03 dex (e.g. Madau & Dickinson 2014: 0.61/0.66)
+# Weigel, Schawinski & Bruderer (2016, MNRAS 459, 2150), SDSS DR7 0.02 < z < 0.06 (~8,000 deg^2,
+# a volume ~50x GAMA's at z < 0.06): the whole sample's double Schechter with a shared M*,
+# log M* = 10.79, log phi = -2.01 (alpha -0.79) and -3.31 (alpha -1.69) [h^3 Mpc^-3]; their
+# masses are MPA-JHU's (Kroupa IMF, h = 0.7), taken to Chabrier with KROUPA_TO_CHABRIER_DEX. Used
+# for its shape (the priors normalise it on the box): the massive end, where GAMA's small volume
+# at z < 0.06 holds few galaxies, falls off 0.1 dex later than Baldry+12's
+WEIGEL16 = dict(logMstar=10.79 + KROUPA_TO_CHABRIER_DEX, phi1=10**-2.01, alpha1=-0.79, phi2=10**-3.31, alpha2=-1.69, h=0.7)
 
 
-def baldry12_log_smf(logM, h: float = PLANCK15.H0 / 100.0, xp=np):
-    """ln of the Baldry et al. (2012) GSMF of :func:`baldry12_smf` [ln(Mpc^-3 dex^-1)], in log form:
-    -x + ln(phi1* x^(alpha1+1) + phi2* x^(alpha2+1)) + ln(ln10 (h/0.7)^3), x = M/M*, which stays
+def double_schechter_log_smf(logM, p: dict, h: float = PLANCK15.H0 / 100.0, xp=np):
+    """ln of a double-Schechter GSMF with a shared M* [ln(Mpc^-3 dex^-1)], parameters ``p`` as in
+    ``BALDRY12`` (masses and phi at Hubble parameter p['h']), in log form:
+    -x + ln(phi1* x^(alpha1+1) + phi2* x^(alpha2+1)) + ln(ln10 (h/p_h)^3), x = M/M*, which stays
     finite where exp(-M/M*) underflows (float32 beyond log M ~ 12.7). ``xp``: the array module
     (``jax.numpy`` for a differentiable density in the input's dtype)."""
-    p = BALDRY12
-    shift = H_SHIFT_DEX if abs(h - PLANCK15.H0 / 100.0) < 1e-9 else 2.0 * np.log10(p["h"] / h)
+    shift = H_SHIFT_DEX if abs(h - PLANCK15.H0 / 100.0) < 1e-9 and p["h"] == 0.7 else 2.0 * np.log10(p["h"] / h)
     lnx = ((np.asarray(logM, float) if xp is np else logM) - float(p["logMstar"] + shift)) * float(np.log(10.0))
     const = float(np.log(np.log(10.0)) + 3.0 * np.log(h / p["h"]))
     return const - xp.exp(lnx) + xp.logaddexp(float(np.log(p["phi1"])) + (p["alpha1"] + 1) * lnx,
                                                float(np.log(p["phi2"])) + (p["alpha2"] + 1) * lnx)
+
+
+def baldry12_log_smf(logM, h: float = PLANCK15.H0 / 100.0, xp=np):
+    """ln of the Baldry et al. (2012) GSMF of :func:`baldry12_smf` [ln(Mpc^-3 dex^-1)]
+    (:func:`double_schechter_log_smf` of ``BALDRY12``)."""
+    return double_schechter_log_smf(logM, BALDRY12, h, xp)
+
+
+def weigel16_log_smf(logM, h: float = PLANCK15.H0 / 100.0, xp=np):
+    """ln of the Weigel et al. (2016) SDSS DR7 GSMF (``WEIGEL16``; Chabrier masses) up to a
+    constant: its shape, for priors normalised on a box (:func:`double_schechter_log_smf`)."""
+    return double_schechter_log_smf(logM, WEIGEL16, h, xp)
 
 
 def peng10_log_quenched_fraction(logm_surviving, xp=np):

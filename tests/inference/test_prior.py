@@ -330,3 +330,38 @@ def test_the_default_colour_typed_prior_refuses_a_catalog_without_a_u_band_befor
     with pytest.raises(ValueError, match=r"no u or no r band.*prior = 'mzr\+smf-type'"):
         fitlib.prepare(cat, FitConfig(**tiny))
     assert fitlib.prepare(cat, FitConfig(**tiny, prior="mzr")).model.bands == cat.bands
+
+
+def test_weigel16_mass_function_is_their_double_schechter_and_the_default():
+    """Weigel+16's GSMF is the double Schechter of their abstract (shared M*, written out here
+    independently), normalised on the box as a prior, with the faint-end log slope alpha1 + 1 per
+    ln M far below M*, and a heavier massive end than Baldry+12 (its volume is ~50x GAMA's); it is
+    the default mass function, and an unknown one is refused."""
+    from popsed_jax.inference.config import ConfigError
+    from popsed_jax.inference.prior import FORMED_TO_SURVIVING_DEX
+    from popsed_jax.physics.relations import H_SHIFT_DEX, KROUPA_TO_CHABRIER_DEX, weigel16_log_smf
+
+    lm = np.linspace(8.0, 12.0, 9)
+    x = 10 ** (lm - (10.79 + KROUPA_TO_CHABRIER_DEX + H_SHIFT_DEX))
+    phi = np.log(10) * np.exp(-x) * (10**-3.31 * x ** (1 - 1.69) + 10**-2.01 * x ** (1 - 0.79))
+    got = weigel16_log_smf(lm)
+    np.testing.assert_allclose(got - got[4], np.log(phi) - np.log(phi[4]), atol=1e-6)
+    g = np.linspace(6.0, 7.0, 3)
+    assert np.diff(weigel16_log_smf(g)) / np.diff(g * np.log(10)) == pytest.approx(1 - 1.69, abs=0.01)
+    grid = np.linspace(7.5, 13.0, 20001)
+    p = np.exp(np.asarray(smf_log_density(jnp.asarray(grid), 7.5, 13.0, "weigel16")))
+    assert np.trapezoid(p, grid) == pytest.approx(1.0, abs=1e-4)
+    pb = np.exp(np.asarray(smf_log_density(jnp.asarray(grid), 7.5, 13.0, "baldry12")))
+    i, j = np.searchsorted(grid, [10.5 + FORMED_TO_SURVIVING_DEX, 11.5 + FORMED_TO_SURVIVING_DEX])
+    assert p[j] / p[i] > 1.3 * pb[j] / pb[i]  # 1.44x at 10^11.5 against 10^10.5 Msun
+    cfg = FitConfig()
+    assert cfg.mass_function == "weigel16"
+    with pytest.raises(ConfigError, match="mass_function"):
+        FitConfig(mass_function="schechter")
+    lo, hi = fitlib.box_bounds(cfg)
+    th = np.tile([0.1, 12.0, 0.5, 0.5, 0.5, 5.0, 0.0, 0.0, 0.0, 0.3, 0.3], (2, 1))
+    th[1, 1] = 10.8
+    th = jnp.asarray(th, jnp.float32)
+    w = np.asarray(log_prior_ratio(th, "mzr+smf", lo, hi, mass_function="weigel16"))
+    b = np.asarray(log_prior_ratio(th, "mzr+smf", lo, hi, mass_function="baldry12"))
+    assert w[0] - w[1] > b[0] - b[1] + 0.3  # a massive galaxy against one near M*: likelier under Weigel+16
