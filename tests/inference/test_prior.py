@@ -257,7 +257,7 @@ def test_mzr_prior_adds_minus_weighted_mean_log_ratio_of_the_same_samples(prior)
     v1 = fitlib._members_loss(mzr, mzr.statics, one, key[None], flat.obs_train, 0.1, 1.0)[0][0]
     theta = fitlib.simulate_members(flat, flat.statics, one, jax.random.split(key, 3)[0][None], 256, 1.0)[0][0]
     expect = -flat.cfg.kl_weight * float(jnp.mean(log_prior_ratio(theta, prior, flat.flow_cfg.lo, flat.flow_cfg.hi, flat.model,
-                                                                           table)))
+                                                                           table, mass_function=flat.cfg.mass_function)))
     assert float(v1 - v0) == pytest.approx(expect, rel=1e-3, abs=1e-6)
 
 
