@@ -226,12 +226,10 @@ def simulate_members(problem: FitProblem, st, params, keys, n: int, noise_scale=
     # on CPU one member's n samples at a time (lax.map) stay in cache; accelerators take all K n at once
     chunk = n if jax.default_backend() == "cpu" else None
     cfg = problem.cfg
-    rest = None
-    if cfg.prior == "mzr+smf-colour":
-        flux, rest = forward.forward_fluxes(model, theta.reshape(k * n, -1), chunk_size=chunk, with_rest=True)
-        flux = flux.reshape(k, n, -1)
-    else:
-        flux = forward.forward_fluxes(model, theta.reshape(k * n, -1), chunk_size=chunk).reshape(k, n, -1)
+    colour = cfg.prior == "mzr+smf-colour"  # its rest-frame colours come from the same spectra
+    out = forward.forward_fluxes(model, theta.reshape(k * n, -1), chunk_size=chunk, with_rest=colour)
+    flux, rest = out if colour else (out, None)
+    flux = flux.reshape(k, n, -1)
     kl = jnp.mean(log_ratio, axis=-1)
     if cfg.prior != "flat":  # KL(q || prior) = KL(q || p_ref) - E_q[log(prior / p_ref)]
         kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi, model,

@@ -57,7 +57,7 @@ def double_schechter_log_smf(logM, p: dict, h: float = PLANCK15.H0 / 100.0, xp=n
     -x + ln(phi1* x^(alpha1+1) + phi2* x^(alpha2+1)) + ln(ln10 (h/p_h)^3), x = M/M*, which stays
     finite where exp(-M/M*) underflows (float32 beyond log M ~ 12.7). ``xp``: the array module
     (``jax.numpy`` for a differentiable density in the input's dtype)."""
-    shift = H_SHIFT_DEX if abs(h - PLANCK15.H0 / 100.0) < 1e-9 and p["h"] == 0.7 else 2.0 * np.log10(p["h"] / h)
+    shift = 2.0 * np.log10(p["h"] / h)  # masses ~ h^-2 (H_SHIFT_DEX for p_h = 0.7 at Planck15's h)
     lnx = ((np.asarray(logM, float) if xp is np else logM) - float(p["logMstar"] + shift)) * float(np.log(10.0))
     const = float(np.log(np.log(10.0)) + 3.0 * np.log(h / p["h"]))
     return const - xp.exp(lnx) + xp.logaddexp(float(np.log(p["phi1"])) + (p["alpha1"] + 1) * lnx,
