@@ -102,10 +102,10 @@ class FitConfig:
                       _one_of("volume", "uniform"))
     prior: str = _f("mzr+smf-colour", "Population prior",
                     "population prior of the KL term: 'mzr+smf-colour' (default: the box and volume z prior, the Gallazzi+05 "
-                    "mass-metallicity relation and the mass function of each galaxy's colour type, Baldry+12 x the Peng+10 "
+                    "mass-metallicity relation and the mass function of each galaxy's colour type, `mass_function` x the Peng+10 "
                     "red fraction for galaxies red in rest-frame u - r by Baldry+04's divider, x its complement for blue "
                     "ones; needs a u and an r band), 'flat' (the box and volume z prior), 'mzr' (+ the Gallazzi+05 "
-                    "mass-metallicity relation), 'mzr+smf' (+ Baldry+12 mass function), 'mzr+smf-type' (as the default, "
+                    "mass-metallicity relation), 'mzr+smf' (+ the mass function), 'mzr+smf-type' (as the default, "
                     "typed by sSFR against the main sequence) or 'physical' (+ Baldry+12 "
                     "masses and the main-sequence / quenched sSFR distribution of the physical mock); see "
                     "popsed_jax.inference.prior",
@@ -127,6 +127,11 @@ class FitConfig:
     flow_layers: int = _f(8, "Normalizing flow", "coupling layers", _int_at_least(1))
     flow_bins: int = _f(16, "Normalizing flow", "spline bins", _int_at_least(2))
     flow_hidden: int = _f(128, "Normalizing flow", "hidden units", _int_at_least(1))
+    flow_tail_bound: float = _f(5.0, "Normalizing flow",
+                                "the splines act on [-B, B] in Gaussian space, identity outside: B = 5 reaches every "
+                                "redshift of the volume reference down to z = 0.0055 (B = 4, before 2026-12-07, stopped "
+                                "at z = 0.0165, so the population could hold almost no galaxies below it)",
+                                _number(0, lo_open=True))
     met_mode: str = _f("interp", "Forward model", "metallicity treatment: 'interp' (two neighbouring bins) or 'lognormal'",
                        _one_of("interp", "lognormal"))
     nebular: bool = _f(True, "Forward model", "nebular emission (Cloudy lines + continuum) from stars younger than 10 Myr",

@@ -72,7 +72,7 @@ def flow_config(cfg: FitConfig) -> flows.FlowConfig:
     reference (starting) distribution, uniform on the box or uniform in comoving volume in z."""
     lo, hi = box_bounds(cfg)
     return flows.FlowConfig(lo=tuple(lo), hi=tuple(hi), n_layers=cfg.flow_layers, n_bins=cfg.flow_bins, hidden=cfg.flow_hidden,
-                            z_volume=cfg.z_prior == "volume")
+                            tail_bound=cfg.flow_tail_bound, z_volume=cfg.z_prior == "volume")
 
 
 def forward_model_for(cfg: FitConfig, bands, grid=None, bases=None) -> forward.ForwardModel:

@@ -186,7 +186,8 @@ class RunFolder:
         from ..inference.config import FitConfig
 
         d = self.read_json("config")
-        for key, then in (("nebular", False), ("prior", "flat"), ("logz_range", (-2.6, 0.3)), ("mass_function", "baldry12")):
+        for key, then in (("nebular", False), ("prior", "flat"), ("logz_range", (-2.6, 0.3)), ("mass_function", "baldry12"),
+                          ("flow_tail_bound", 4.0)):
             d.setdefault(key, then)
         return FitConfig.from_dict(d, source=str(self["config"]))
 

@@ -140,3 +140,19 @@ def test_run_fit_end_to_end_tiny(tmp_path):
     again = pj.run_fit("sdss", cfg, tmp_path / "run", resume=True, n_samples=600, progress=False)
     np.testing.assert_array_equal(np.asarray(again["samples"]["logM"]), np.asarray(tab["logM"]))
     np.testing.assert_array_equal(np.asarray(again["samples"]["flux_sdss2001-r"]), np.asarray(tab["flux_sdss2001-r"]))
+
+
+def test_old_run_config_reads_as_it_was_fitted(tmp_path):
+    """A run folder written before a key existed is read with the value it was fitted with, so
+    its flow is rebuilt exactly: before 2026-12-07 the splines stopped at +-4 (FlowConfig's
+    tail_bound), now the default is 5; the mass function was Baldry+12, the prior flat."""
+    folder = RunFolder(tmp_path / "old").create()
+    folder.write_config(FitConfig())
+    d = json.loads(folder["config"].read_text())
+    for key in ("flow_tail_bound", "mass_function", "prior"):
+        d.pop(key)
+    folder["config"].write_text(json.dumps(d))
+    old = folder.read_config()
+    assert (old.flow_tail_bound, old.mass_function, old.prior) == (4.0, "baldry12", "flat")
+    assert fitlib.flow_config(old).tail_bound == 4.0
+    assert fitlib.flow_config(FitConfig()).tail_bound == FitConfig().flow_tail_bound == 5.0
