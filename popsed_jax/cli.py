@@ -314,6 +314,9 @@ def main(argv=None):
     except FitInterrupted as err:  # Ctrl-C / SIGTERM: checkpointed, resumable
         print(f"popsed-jax: {err}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # Ctrl-C outside a fit's steps (e.g. while it compiles): nothing half-written
+        print("popsed-jax: interrupted before any step was done; nothing to resume", file=sys.stderr)
+        return 130
     except (PopsedError, ValueError, FileNotFoundError, KeyError) as err:  # user-facing: one line
         print(f"popsed-jax: error: {err}", file=sys.stderr)
         return 2

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -146,13 +148,19 @@ def test_sigint_stops_at_a_step_boundary_with_a_checkpoint(tmp_path):
     cfg.write_text("[fit]\n" + "\n".join(f"{k} = {v}" for k, v in dict(TINY, steps=5000, checkpoint_every=2500).items()) + "\n")
     run = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-c", CHILD, str(run), str(cfg)], stderr=subprocess.PIPE, text=True)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: p.stderr.read(1), "")), daemon=True)
+    reader.start()
     t0 = time.time()
-    while not (run / ".lock").exists():  # inputs validated, the folder taken: training starts
-        assert p.poll() is None and time.time() - t0 < 120
-        time.sleep(0.1)
-    time.sleep(8)  # compiled and stepping
+    # wait for the progress bar to show a step done (compiled and stepping; a fixed sleep was not
+    # enough on a loaded machine), then interrupt
+    while not re.search(r"\|\s*[1-9]\d*/5000", "".join(chunks)):
+        assert p.poll() is None and time.time() - t0 < 600, "".join(chunks)
+        time.sleep(0.2)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    p.wait(timeout=120)
+    reader.join(timeout=10)
+    err = "".join(chunks)
     assert p.returncode == 130, err
     assert "stopped by SIGINT after step" in err and "--resume" in err and "Traceback" not in err
     cks = pj.RunFolder(run).checkpoints()
