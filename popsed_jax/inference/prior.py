@@ -6,13 +6,12 @@ a prior is p_ref times a density ratio, so KL(q || prior) = KL(q || p_ref) - E_q
 estimated from the step's own flow samples. Presets (``FitConfig.prior``):
 
 - ``"flat"``: the paper's, prior = p_ref (the box, and the volume prior in z).
-- ``"mzr+smf"``: ``"mzr"`` with log M following the galaxy stellar mass function of Baldry et
-  al. (2012, MNRAS 421, 621; GAMA z < 0.06, Chabrier; ``physics.relations.baldry12_log_smf``) at
-  log M* = logM - 0.23, normalised on the box: with the volume prior in z it is the number
+- ``"mzr+smf"``: ``"mzr"`` with log M following the galaxy stellar mass function
+  ``FitConfig.mass_function`` (below) at log M* = logM - 0.23, normalised on the box: with the volume prior in z it is the number
   density of galaxies per unit volume and mass, the population that the default mocks draw.
 - ``"mzr+smf-type"``: ``"mzr"`` with log M following the mass function of the galaxy's own
   type: p(log M | quenched) ∝ phi(M*) f_q(M*) and p(log M | star-forming) ∝ phi(M*) (1 - f_q(M*)),
-  phi the Baldry+12 GSMF and f_q the mass-quenched fraction of Peng et al. (2010, ApJ 721, 193;
+  phi the configured GSMF and f_q the mass-quenched fraction of Peng et al. (2010, ApJ 721, 193;
   ``physics.relations.peng10_log_quenched_fraction``), each normalised on the box. The type is
   the galaxy's 100-Myr sSFR against the main sequence of Speagle et al. (2014; Chabrier, at the
   galaxy's M* and cosmic time): quenched more than ``MS_SPLIT_DEX`` = 0.75 dex below it, halfway
@@ -59,13 +58,13 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
 The mass function of the ``"mzr+smf*"`` presets is ``FitConfig.mass_function`` (``MASS_FUNCTIONS``):
 Weigel et al. (2016, MNRAS 459, 2150; SDSS DR7, 0.02 < z < 0.06; the default) or Baldry et
 al. (2012; GAMA, z < 0.06, ~1/50 of the volume, so few galaxies above M*; the only one before
-2026-12-06, and the physical mock's, which ``"physical"`` keeps). Where the text above says
-Baldry+12 for these presets, read the configured one.
+2026-12-06, and the physical mock's, which ``"physical"`` keeps; Chabrier masses;
+``physics.relations.weigel16_log_smf``, ``baldry12_log_smf``).
 
 Measured (docs/validation.md): ``"mzr+smf-colour"`` with Weigel+16 is the default: on SDSS
-(three seeds) it meets 18 of the issue's 21 seed-goals (``"mzr"``: 11; with Baldry+12: 14), n(z)
-W1 0.005-0.008 against 0.010-0.013 under ``"mzr"``, red galaxies 0.008-0.016 and the median z
-0.002-0.009 below the spectroscopic ones, blue ones 0.008 too far.
+(four seeds) it meets 24 of the issue's 28 seed-goals (three seeds: ``"mzr"`` 11 of 21, with
+Baldry+12 14), n(z) W1 0.005-0.008 against 0.010-0.013 under ``"mzr"``, red galaxies
+0.006-0.016 and the median z 0.001-0.009 below the spectroscopic ones, blue ones 0.008-0.010 too far.
 ``"mzr+smf-type"`` and ``"physical"`` recover the physical mock best but, on SDSS, place red
 galaxies much too near: typed by sSFR, the fit makes them dusty star-formers, which the
 star-forming mass function pushes to low mass.
@@ -188,8 +187,8 @@ def red_colour_margin(model, theta, rest_mags=None):
 
 
 def typed_smf_log_density(log_m_formed, d_ms, lo: float, hi: float, red_margin=None, mass_function: str = "baldry12"):
-    """log p(logM formed | type) [per dex] of the typed presets: the Baldry+12 mass function
-    times the Peng+10 quenched fraction (or its complement), each normalised on the box's
+    """log p(logM formed | type) [per dex] of the typed presets: the mass function
+    (``mass_function``) times the Peng+10 quenched fraction (or its complement), each normalised on the box's
     formed-mass range [lo, hi], mixed by the logistic quenched weight of ``d_ms``, the 100-Myr
     sSFR minus the main sequence [dex] (:func:`log_ssfr_vs_main_sequence`; ``"mzr+smf-type"``),
     or, when ``d_ms`` is None, of ``red_margin``, the rest-frame u - r above the red/blue divider

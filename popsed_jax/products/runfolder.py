@@ -182,7 +182,7 @@ class RunFolder:
     def read_config(self):
         """The run's FitConfig. Keys that runs written before them lack are read as those runs
         were fitted: no nebular emission, the flat prior, the box's logZ range of then, the
-        Baldry+12 mass function."""
+        Baldry+12 mass function, the flow's spline range of +-4."""
         from ..inference.config import FitConfig
 
         d = self.read_json("config")
