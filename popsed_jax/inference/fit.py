@@ -78,7 +78,8 @@ def flow_config(cfg: FitConfig) -> flows.FlowConfig:
 def forward_model_for(cfg: FitConfig, bands, grid=None, bases=None) -> forward.ForwardModel:
     """The forward model a fit configuration describes, for ``bands`` (z up to z_range[1])."""
     return forward.build_forward_model(filters=list(bands), grid=grid, bases=bases, z_max=cfg.z_range[1],
-                                       met_mode=cfg.met_mode, nebular=cfg.nebular, logU=cfg.logU)
+                                       met_mode=cfg.met_mode, nebular=cfg.nebular, logU=cfg.logU,
+                                       library=cfg.ssp_library)
 
 
 def epsilon_at(cfg: FitConfig, i: int) -> float:

@@ -125,6 +125,7 @@ def build_forward_model(
     dtype=None,
     nebular: bool | None = None,
     logU: float = ssp.DEFAULT_LOGU,
+    library: str = "bc03",
 ) -> ForwardModel:
     """Build the static data of the forward model once.
 
@@ -137,7 +138,8 @@ def build_forward_model(
     default, float64 needs ``jax_enable_x64``. nebular: include Cloudy nebular lines and
     continuum at ionization parameter ``logU`` (gas metallicity = stellar) from stars younger
     than 10 Myr, attenuated like them (birth cloud + diffuse dust); None (default) means "if
-    the grid has it" (the default BC03 grid has), True requires it.
+    the grid has it" (the default BC03 grid has), True requires it. library: the stellar
+    spectra when the grid is loaded here (``ssp.load_ssp_grid``): ``"bc03"`` or ``"bc03+emiles"``.
     """
     if dtype is None:
         dtype = jnp.float32
@@ -146,7 +148,7 @@ def build_forward_model(
     if met_mode not in ("interp", "lognormal"):
         raise ValueError(f"met_mode must be 'interp' or 'lognormal', not {met_mode!r}")
     if not isinstance(grid, ssp.SSPGrid):
-        grid = ssp.load_ssp_grid(grid, nebular=nebular, logU=logU)
+        grid = ssp.load_ssp_grid(grid, nebular=nebular, logU=logU, library=library)
     elif nebular and grid.nebular_logU is None:
         grid = ssp.with_nebular(grid, logU)
     elif nebular is False and grid.nebular_logU is not None:

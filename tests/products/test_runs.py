@@ -145,15 +145,16 @@ def test_run_fit_end_to_end_tiny(tmp_path):
 def test_old_run_config_reads_as_it_was_fitted(tmp_path):
     """A run folder written before a key existed is read with the value it was fitted with, so
     its flow is rebuilt exactly: before 2026-12-07 there was no flow_tail_bound (the splines
-    stopped at +-4); the mass function was Baldry+12, the prior flat."""
+    stopped at +-4); the mass function was Baldry+12, the prior flat, the stellar spectra BC03's."""
     folder = RunFolder(tmp_path / "old").create()
     folder.write_config(FitConfig(flow_tail_bound=5.0))
     assert folder.read_config().flow_tail_bound == 5.0
     d = json.loads(folder["config"].read_text())
-    for key in ("flow_tail_bound", "mass_function", "prior"):
+    for key in ("flow_tail_bound", "mass_function", "prior", "ssp_library"):
         d.pop(key)
     folder["config"].write_text(json.dumps(d))
     old = folder.read_config()
-    assert (old.flow_tail_bound, old.mass_function, old.prior) == (4.0, "baldry12", "flat")
+    assert (old.flow_tail_bound, old.mass_function, old.prior, old.ssp_library) == (4.0, "baldry12", "flat", "bc03")
+    assert FitConfig().ssp_library == "bc03+emiles"
     assert fitlib.flow_config(old).tail_bound == 4.0
     assert fitlib.flow_config(FitConfig(flow_tail_bound=5.0)).tail_bound == 5.0
