@@ -181,8 +181,8 @@ def _add_mock_parser(subparsers):
     p.add_argument("--zlogm", choices=("sdss", "volume"), default="volume",
                    help="(z, logM) population: 'volume' (volume-weighted z, Baldry+12 masses; default) or "
                         "'sdss' (pairs from the SDSS main sample: spec-z, kcorrect masses; the paper's recipe)")
-    p.add_argument("--library", choices=("bc03+emiles", "bc03"), default="bc03+emiles",
-                   help="stellar spectra of the forward model (default: the fit's, bc03+emiles)")
+    p.add_argument("--library", choices=("bc03", "bc03+emiles"), default="bc03",
+                   help="stellar spectra of the forward model (default: the fit's, bc03)")
     p.add_argument("--out", required=True, metavar="MOCK.fits")
     p.set_defaults(func=_cmd_mock)
     return p

@@ -61,8 +61,8 @@ def main(argv=None):
     p.add_argument("--population", choices=["box", "table2"], default="box")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-nebular", action="store_true", help="stellar light only (no nebular lines and continuum)")
-    p.add_argument("--library", choices=["bc03+emiles", "bc03"], default="bc03+emiles",
-                   help="stellar spectra (default: the fit's, bc03+emiles)")
+    p.add_argument("--library", choices=["bc03", "bc03+emiles"], default="bc03",
+                   help="stellar spectra (default: the fit's, bc03)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     cat = select_catalog(catalog.load_catalog("sdss"), "r<17.77")

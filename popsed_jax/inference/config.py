@@ -137,10 +137,11 @@ class FitConfig:
                        _one_of("interp", "lognormal"))
     nebular: bool = _f(True, "Forward model", "nebular emission (Cloudy lines + continuum) from stars younger than 10 Myr",
                        lambda v: None if isinstance(v, bool) else "must be true or false")
-    ssp_library: str = _f("bc03+emiles", "Forward model",
+    ssp_library: str = _f("bc03", "Forward model",
                           "stellar spectra: 'bc03' (BC03 MILES) or 'bc03+emiles' (E-MILES shapes for SSPs >= 63 Myr at "
                           "BC03's 5,000-6,000 A luminosity: old populations with the colours of red SDSS galaxies, "
-                          "docs/validation.md)", _one_of("bc03", "bc03+emiles"))
+                          "but on SDSS the fitted population moves nearer, docs/validation.md, 2026-12-07)",
+                          _one_of("bc03", "bc03+emiles"))
     logU: float = _f(-2.5, "Forward model", "ionization parameter of the nebular emission (grid: -4 .. 0)", _number(-4.0, 0.0))
 
     def __post_init__(self):

@@ -5,7 +5,10 @@ Why: dust-free old BC03 (MILES) populations cannot have the colours of red SDSS 
 2009, MNRAS 394, L107 found the same for luminous red galaxies), so a fit makes red galaxies
 dusty star-formers placed too near (docs/validation.md). Old E-MILES populations (Vazdekis et
 al. 2016, MNRAS 463, 3409: MILES, CaT, Indo-US and IRTF stars on Padova00 isochrones, 1,680 A
-to 5 micron) come within 0.01-0.03 mag of those colours.
+to 5 micron) come within 0.01-0.03 mag of those colours, and fitted with dust-free old
+composites they place red SDSS galaxies at their spec-z (+0.004 against BC03's -0.014). In the
+population fit, though, red galaxies move nearer still (a quenched, dusty, metal-poor family at
+z ~ 0.08), so the fits' default stays ``"bc03"`` (docs/validation.md, 2026-12-07).
 
 Source: the 150 E-MILES SSPs that the ``ppxf==8.2.6`` source distribution on PyPI ships
 (``ppxf/miles_models/Eun1.30Z*T*_iPp0.00_baseFe_linear_FWHM_variable.fits``: unimodal IMF of
@@ -31,8 +34,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -65,23 +66,14 @@ class EMilesCube:
 
 
 def _ppxf_sdist(download_dir: Path, sdist: str | None, quiet: bool) -> Path:
+    from .ssp import pip_download_once
+
     if sdist is not None:
         return Path(sdist)
-    found = sorted(download_dir.glob(f"ppxf-{PPXF_VERSION}.tar.gz"))
-    if found:
-        return found[0]
-    download_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", f"ppxf=={PPXF_VERSION}",
-           "-d", str(download_dir)]
-    if not quiet:
-        print("popsed-jax: downloading the E-MILES spectra (ppxf source distribution, 25 MB) from PyPI:", " ".join(cmd),
-              flush=True)
-    res = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None)
-    found = sorted(download_dir.glob(f"ppxf-{PPXF_VERSION}.tar.gz"))
-    if res.returncode != 0 or not found:
-        raise RuntimeError(f"could not download ppxf=={PPXF_VERSION} with pip (exit {res.returncode}); download "
-                           "ppxf-8.2.6.tar.gz by hand and pass it with `popsed-jax ssp build --emiles-sdist PATH`")
-    return found[0]
+    return pip_download_once(f"ppxf=={PPXF_VERSION}", f"ppxf-{PPXF_VERSION}.tar.gz", download_dir,
+                             "the E-MILES spectra (ppxf source distribution, 25 MB)",
+                             f"download ppxf-{PPXF_VERSION}.tar.gz by hand and pass it with "
+                             "`popsed-jax ssp build --emiles-sdist PATH`", quiet, extra_args=("--no-binary", ":all:"))
 
 
 def read_emiles_sdist(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

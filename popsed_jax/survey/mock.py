@@ -515,7 +515,7 @@ def _observe(model, obs, theta, key, chunk=16384):
 def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.77",
               params_table=None, return_all=False, *, model=None, zlogm_sampler=None,
               z_range=Z_RANGE, prescreen=True, max_rounds=200, max_batch=2_000_000,
-              progress=False, population="table2", library="bc03+emiles"):
+              progress=False, population="table2", library="bc03"):
     """Mock catalog (astropy Table) of a mock population observed with a noise model.
 
     population: 'table2' (:func:`sample_table2`, the paper's; default) or 'physical'
@@ -530,7 +530,7 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
     limit: 'r<17.77'-style cut on the noisy flux, or None for no selection.
     noise_model: NoiseModel, path to its JSON, or None (fit to ``read_sdss_main()``).
     model: a prebuilt forward model (its bands must equal `filters`); without one, the model is
-    built with the stellar ``library`` ('bc03+emiles', the fit's default, or 'bc03').
+    built with the stellar ``library`` ('bc03', the fit's default, or 'bc03+emiles').
 
     Columns: id, the 11 parameters, beta1..4, logM_surviving, sfr_100myr, sfr_10myr,
     log_ssfr_100myr, age_mw, flux_<band> (noisy), flux_err_<band> (the sigma used),

@@ -151,3 +151,24 @@ def test_library_places_quenched_red_sdss_galaxies_at_their_spec_z(bc03, hybrid)
         bias[name] = float(np.median((zp - zs) / (1 + zs)))
     assert abs(bias["library"]) < 0.01, bias
     assert bias["library"] - bias["bc03"] > 0.01, bias
+
+
+def test_fit_config_chooses_the_library():
+    """``FitConfig.ssp_library`` reaches the forward model of a fit (old light changes, the
+    normalisation window does not move it by more than the shape does); a wrong name is
+    refused naming the key."""
+    from popsed_jax.errors import ConfigError
+    from popsed_jax.inference import fit as fitlib
+    from popsed_jax.inference.config import FitConfig
+    from popsed_jax.physics import forward
+    from popsed_jax.physics.photometry import SDSS_UGRIZ
+
+    theta = np.array([[0.1, 10.5, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0],     # old, quenched-ish, dust-free
+                      [0.1, 10.5, 0.9, 0.05, 0.05, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]])  # mostly the youngest basis (1.2 Gyr ago)
+    f = {lib: np.asarray(forward.compute_fluxes(fitlib.forward_model_for(FitConfig(ssp_library=lib), SDSS_UGRIZ), theta))
+         for lib in ("bc03", "bc03+emiles")}
+    ratio = f["bc03+emiles"] / f["bc03"]
+    assert np.ptp(ratio[0]) > 0.02  # the old population's colours change
+    assert np.all(np.abs(ratio - 1) < 0.25)
+    with pytest.raises(ConfigError, match="ssp_library"):
+        FitConfig(ssp_library="emiles")

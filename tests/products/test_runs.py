@@ -155,6 +155,6 @@ def test_old_run_config_reads_as_it_was_fitted(tmp_path):
     folder["config"].write_text(json.dumps(d))
     old = folder.read_config()
     assert (old.flow_tail_bound, old.mass_function, old.prior, old.ssp_library) == (4.0, "baldry12", "flat", "bc03")
-    assert FitConfig().ssp_library == "bc03+emiles"
+    assert FitConfig().ssp_library == "bc03"
     assert fitlib.flow_config(old).tail_bound == 4.0
     assert fitlib.flow_config(FitConfig(flow_tail_bound=5.0)).tail_bound == 5.0
