@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["PPXF_VERSION", "EMILES_GRID_NAME", "EMILES_MIN_AGE_GYR", "EMILES_FULL_AGE_GYR", "NORM_WINDOW_A",
-           "EMilesCube", "read_emiles_sdist", "build_emiles_cube", "load_emiles_cube", "emiles_cube_path",
+           "EMilesCube", "read_emiles_sdist", "emiles_cube", "build_emiles_cube", "load_emiles_cube", "emiles_cube_path",
            "with_emiles"]
 
 PPXF_VERSION = "8.2.6"
@@ -111,25 +111,31 @@ def emiles_cube_path() -> Path:
     return cache_dir() / EMILES_GRID_NAME
 
 
-def build_emiles_cube(wave_cells: np.ndarray, out=None, sdist: str | None = None, quiet: bool = False) -> Path:
-    """Rebin the E-MILES SSPs (conserving flux) onto the cells of the SSP grid whose centres are
-    ``wave_cells`` [A] (uniform in ln lambda) and cache them (HDF5); returns the path."""
-    import h5py
-
+def emiles_cube(wave_cells: np.ndarray, sdist: str | None = None, quiet: bool = True) -> EMilesCube:
+    """The E-MILES SSPs rebinned (conserving flux) onto the cells of an SSP grid whose centres
+    are ``wave_cells`` [A] (uniform in ln lambda); the sdist is downloaded once if needed."""
     from .ssp import cache_dir, rebin_llambda
 
-    out = Path(out) if out is not None else emiles_cube_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
     src = _ppxf_sdist(cache_dir() / "downloads", sdist, quiet)
     mh, ages, wave, llam = read_emiles_sdist(src)
     edges = _cell_edges(wave_cells)
-    cube = rebin_llambda(wave, llam, edges)
-    covered = (edges[:-1] >= wave[0]) & (edges[1:] <= wave[-1])
+    return EMilesCube(mh=mh, age_gyr=ages, wave=np.asarray(wave_cells, float), llam=rebin_llambda(wave, llam, edges),
+                      covered=(edges[:-1] >= wave[0]) & (edges[1:] <= wave[-1]))
+
+
+def build_emiles_cube(wave_cells: np.ndarray, out=None, sdist: str | None = None, quiet: bool = False) -> Path:
+    """:func:`emiles_cube` for the grid whose cell centres are ``wave_cells``, cached (HDF5);
+    returns the path."""
+    import h5py
+
+    out = Path(out) if out is not None else emiles_cube_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cube = emiles_cube(wave_cells, sdist, quiet)
     tmp = out.with_suffix(".tmp.h5")
     with h5py.File(tmp, "w") as f:
-        f["mh"], f["age_gyr"], f["wave"] = mh, ages, np.asarray(wave_cells, float)
-        f["llam"], f["covered"] = cube.astype(np.float32), covered
-        f.attrs["source"] = f"E-MILES (Vazdekis et al. 2016), Eun1.30 baseFe, from ppxf=={PPXF_VERSION} ({src.name})"
+        f["mh"], f["age_gyr"], f["wave"] = cube.mh, cube.age_gyr, cube.wave
+        f["llam"], f["covered"] = cube.llam.astype(np.float32), cube.covered
+        f.attrs["source"] = f"E-MILES (Vazdekis et al. 2016), Eun1.30 baseFe, from ppxf=={PPXF_VERSION}"
         f.attrs["units"] = "llam: Lsun/A per Msun (Salpeter IMF), mean over each cell; wave: cell centres [A]"
     os.replace(tmp, out)
     if not quiet:
@@ -145,8 +151,9 @@ def _cell_edges(centres: np.ndarray) -> np.ndarray:
 
 
 def load_emiles_cube(grid_wave: np.ndarray, path=None) -> EMilesCube:
-    """The cached cube (built by ``popsed-jax ssp build``, or now if it is missing) for an SSP
-    grid whose wavelength cells are ``grid_wave``."""
+    """The E-MILES cube for an SSP grid whose wavelength cells are ``grid_wave``: the cached one
+    (built by ``popsed-jax ssp build`` for the default grid, or now if it is missing), or, for
+    another grid's cells, one rebinned for it now (not cached)."""
     import h5py
 
     p = Path(path) if path is not None else emiles_cube_path()
@@ -158,8 +165,7 @@ def load_emiles_cube(grid_wave: np.ndarray, path=None) -> EMilesCube:
         cube = EMilesCube(mh=f["mh"][...], age_gyr=f["age_gyr"][...], wave=f["wave"][...], llam=f["llam"][...].astype(float),
                           covered=f["covered"][...].astype(bool))
     if cube.wave.shape != np.shape(grid_wave) or not np.allclose(cube.wave, grid_wave, rtol=1e-6):
-        raise ValueError(f"{p} was built for another wavelength grid than the SSP grid's: rebuild it with "
-                         "`popsed-jax ssp build`")
+        return emiles_cube(grid_wave)
     return cube
 
 

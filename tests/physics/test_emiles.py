@@ -171,3 +171,22 @@ def test_fit_config_chooses_the_library():
     np.testing.assert_array_equal(differs, np.broadcast_to(age >= emiles.EMILES_MIN_AGE_GYR, differs.shape))
     with pytest.raises(ConfigError, match="ssp_library"):
         FitConfig(ssp_library="emiles")
+
+
+def test_library_works_on_another_grids_wavelength_cells(bc03):
+    """A grid on other cells (here BC03 rebinned to R = 500) gets an E-MILES cube rebinned for
+    it, not the cached one: the library keeps its window luminosity there too."""
+    import dataclasses
+
+    edges = ssp.log_wave_edges(1000.0, 40000.0, 2e-3)
+    wave, flux = ssp.rebin_lnu(bc03.wave, np.asarray(bc03.flux, float), edges)
+    coarse = dataclasses.replace(bc03, wave=wave, flux=flux)
+    cube = emiles.load_emiles_cube(coarse.wave)
+    assert cube.wave.shape == wave.shape
+    np.testing.assert_array_equal(cube.covered, (edges[:-1] >= 1680.2) & (edges[1:] <= 50000.0))
+    lib = emiles.with_emiles(coarse, cube)
+    c = ssp.C_ANGSTROM_S
+    win = (wave >= emiles.NORM_WINDOW_A[0]) & (wave <= emiles.NORM_WINDOW_A[1])
+    l0 = (flux * c / wave**2)[..., win].sum(-1)
+    l1 = (np.asarray(lib.flux, float) * c / wave**2)[..., win].sum(-1)
+    np.testing.assert_allclose(l1, l0, rtol=2e-4)
