@@ -23,8 +23,8 @@ def _cmd_ssp_build(a):
     from .physics import emiles
 
     path = ssp.build_bc03_grid(out=a.out, wheel=a.wheel, dlnlam=a.dlnlam, keep_wheel=not a.drop_wheel)
-    if a.out is None:  # the E-MILES shapes of the default library, on the default grid's wavelength cells
-        emiles.build_emiles_cube(ssp.load_ssp_grid(path, nebular=False).wave, sdist=a.emiles_sdist)
+    # the E-MILES shapes of the "bc03+emiles" library, on this grid's wavelength cells (cached per grid)
+    emiles.build_emiles_cube(ssp.load_ssp_grid(path, nebular=False).wave, sdist=a.emiles_sdist)
 
 
 def _cmd_ssp_info(a):

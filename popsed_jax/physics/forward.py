@@ -149,6 +149,9 @@ def build_forward_model(
         raise ValueError(f"met_mode must be 'interp' or 'lognormal', not {met_mode!r}")
     if not isinstance(grid, ssp.SSPGrid):
         grid = ssp.load_ssp_grid(grid, nebular=nebular, logU=logU, library=library)
+    elif library != "bc03" and "E-MILES" not in grid.source:
+        raise ValueError(f"library={library!r} is applied when the grid is loaded: pass grid=None (or a path), or a grid "
+                         f"from ssp.load_ssp_grid(..., library={library!r}); this one is {grid.source!r}")
     elif nebular and grid.nebular_logU is None:
         grid = ssp.with_nebular(grid, logU)
     elif nebular is False and grid.nebular_logU is not None:

@@ -64,18 +64,50 @@ def test_emiles_colours_match_the_miles_teams_own_sdss_colours(emiles_sdist):
 def test_library_keeps_bc03_luminosity_masses_and_young_ssps(bc03, hybrid):
     """Each SSP keeps BC03's luminosity at 5,000-6,000 A (so BC03's Chabrier M/L), the mass
     fractions are BC03's, SSPs younger than 63 Myr are untouched."""
-    c = ssp.C_ANGSTROM_S
-    w = bc03.wave
-    win = (w >= emiles.NORM_WINDOW_A[0]) & (w <= emiles.NORM_WINDOW_A[1])
-    l0 = (np.asarray(bc03.flux, float) * c / w**2)[..., win].sum(-1)
-    l1 = (np.asarray(hybrid.flux, float) * c / w**2)[..., win].sum(-1)
+    l0, l1 = _window_luminosity(bc03, bc03.flux), _window_luminosity(bc03, hybrid.flux)
     np.testing.assert_allclose(l1, l0, rtol=2e-4)
     young = 10**bc03.lg_age_gyr < emiles.EMILES_MIN_AGE_GYR
     assert young.sum() > 10
     np.testing.assert_array_equal(hybrid.flux[:, young], bc03.flux[:, young])
-    np.testing.assert_array_equal(hybrid.surviving, bc03.surviving)
-    np.testing.assert_array_equal(hybrid.remnant, bc03.remnant)
     assert not np.array_equal(hybrid.flux[:, ~young], bc03.flux[:, ~young])
+
+
+def _window_luminosity(grid, flux):
+    """Integral of L_lambda over 5,000-6,000 A (cells uniform in ln lambda: width = lambda dlnlam)."""
+    w = np.asarray(grid.wave, float)
+    win = (w >= emiles.NORM_WINDOW_A[0]) & (w <= emiles.NORM_WINDOW_A[1])
+    return (np.asarray(flux, float) * ssp.C_ANGSTROM_S / w**2 * w)[..., win].sum(-1)
+
+
+def _rest_band(grid, flux, band):
+    """Rest-frame photon-counting flux of SEDs (..., n_wave) through a speclite band."""
+    from popsed_jax.physics.photometry import load_filter_curves
+
+    (_, cw, cr), = load_filter_curves([band])
+    w = np.asarray(grid.wave, float)
+    r = np.interp(w, cw, cr, left=0.0, right=0.0)
+    return (np.asarray(flux, float) * r / w).sum(-1)  # L_nu R / lambda on cells of width ~ lambda: sum of L_nu R dlnlam
+
+
+def test_library_keeps_the_near_ir_of_ssps_that_emiles_stops_at_8950a(bc03, hybrid):
+    """26 E-MILES SSPs (63-251 Myr at [M/H] = -1.71 down to 63-79 Myr at solar) have no data
+    beyond 8,950 A (zeros in the files). The library holds the E-MILES/BC03 ratio there: every
+    SSP keeps 1-2 micron light within a factor 3 of BC03's at the same 5,000-6,000 A
+    luminosity (measured 0.88-2.0; at >= 5 Gyr 0.96-1.17), and the SDSS z band (rest frame) has no step
+    between the last SSP left as BC03 (57 Myr) and the first one given E-MILES's shape (64 Myr)."""
+    w = np.asarray(bc03.wave, float)
+    nir = (w >= 1.0e4) & (w <= 2.0e4)
+    dl = w  # cells uniform in ln lambda
+    lnir = lambda f: (np.asarray(f, float) * ssp.C_ANGSTROM_S / w**2 * dl)[..., nir].sum(-1)
+    old = 10**bc03.lg_age_gyr >= emiles.EMILES_MIN_AGE_GYR
+    ratio = lnir(hybrid.flux[:, old]) / lnir(bc03.flux[:, old])
+    assert ratio.min() > 1 / 3 and ratio.max() < 3, (ratio.min(), ratio.max())
+    ages = 10**bc03.lg_age_gyr
+    before = int(np.nonzero(ages < emiles.EMILES_MIN_AGE_GYR)[0][-1])
+    zb = _rest_band(bc03, hybrid.flux[:, [before, before + 1]], "sdss2001-z")
+    zb_bc = _rest_band(bc03, bc03.flux[:, [before, before + 1]], "sdss2001-z")
+    # the step across the join is the library's own age dependence, not a jump: as BC03's within 5%
+    np.testing.assert_allclose(zb[:, 1] / zb[:, 0], zb_bc[:, 1] / zb_bc[:, 0], rtol=0.05)
 
 
 def test_library_takes_emiles_shapes_and_joins_bc03_continuously(bc03, hybrid):
@@ -83,18 +115,25 @@ def test_library_takes_emiles_shapes_and_joins_bc03_continuously(bc03, hybrid):
     constant in wavelength over 1,680 A-5 micron); outside E-MILES's wavelengths the factor
     applied to BC03 is the one at the nearest covered cell (no jump at 1,680 A)."""
     cube = emiles.load_emiles_cube(bc03.wave)
-    cov = np.nonzero(cube.covered)[0]
     c, w = ssp.C_ANGSTROM_S, bc03.wave
-    inner = cov[5:-5]
+    lnw = np.log(w)
+    n_short = 0
     for im in np.nonzero((bc03.lgmet - np.log10(0.019) > cube.mh[0]) & (bc03.lgmet - np.log10(0.019) < cube.mh[-1]))[0]:
         for age in (0.2, 1.0, 5.0, 11.0):
             ia = int(np.argmin(np.abs(bc03.lg_age_gyr - np.log10(age))))
-            em = emiles.emiles_llam(cube, bc03.lgmet[im] - np.log10(0.019), 10 ** bc03.lg_age_gyr[ia])
+            mh, a = bc03.lgmet[im] - np.log10(0.019), 10 ** bc03.lg_age_gyr[ia]
+            em = emiles.emiles_llam(cube, mh, a)
+            cov = np.nonzero(emiles.emiles_covered(cube, mh, a))[0]
+            n_short += w[cov[-1]] < 1e4
+            inner = cov[5:-5]
             ratio = (np.asarray(hybrid.flux[im, ia], float) * c / w**2)[inner] / em[inner]
             np.testing.assert_allclose(ratio, np.median(ratio), rtol=1e-4)
             f = np.asarray(hybrid.flux[im, ia], float) / np.asarray(bc03.flux[im, ia], float)
-            assert f[: cov[0]] == pytest.approx(f[cov[0]], rel=1e-5)
-            assert f[cov[-1] + 1:] == pytest.approx(f[cov[-1]], rel=1e-5)
+            edge_lo = f[cov[0]:cov[-1] + 1][lnw[cov[0]:cov[-1] + 1] <= lnw[cov[0]] + 0.03]
+            edge_hi = f[cov[0]:cov[-1] + 1][lnw[cov[0]:cov[-1] + 1] >= lnw[cov[-1]] - 0.03]
+            np.testing.assert_allclose(f[: cov[0]], np.median(edge_lo), rtol=1e-5)
+            np.testing.assert_allclose(f[cov[-1] + 1:], np.median(edge_hi), rtol=1e-5)
+    assert n_short > 0  # some 200 Myr SSPs stop at 8,950 A and are held there
 
 
 def _band_fluxes(grid, ims, ias, zs, curves):
@@ -183,10 +222,24 @@ def test_library_works_on_another_grids_wavelength_cells(bc03):
     coarse = dataclasses.replace(bc03, wave=wave, flux=flux)
     cube = emiles.load_emiles_cube(coarse.wave)
     assert cube.wave.shape == wave.shape
-    np.testing.assert_array_equal(cube.covered, (edges[:-1] >= 1680.2) & (edges[1:] <= 50000.0))
+    assert emiles.emiles_cube_path(coarse.wave) != emiles.emiles_cube_path(bc03.wave)
+    # per spectrum: the files' youngest SSPs at each [M/H] stop at 8,950 A (the oldest such age here)
+    last_short = {-1.71: 0.2512, -1.31: 0.1995, -0.71: 0.1585, -0.40: 0.1259, 0.00: 0.0794, 0.22: 0.0794}
+    full = (edges[:-1] >= 1680.2) & (edges[1:] <= 49999.4)
+    short = (edges[:-1] >= 1680.2) & (edges[1:] <= 8950.4)
+    for i, m in enumerate(cube.mh):
+        for j, a in enumerate(cube.age_gyr):
+            np.testing.assert_array_equal(cube.covered[i, j], short if a <= last_short[round(m, 2)] + 1e-4 else full)
     lib = emiles.with_emiles(coarse, cube)
-    c = ssp.C_ANGSTROM_S
-    win = (wave >= emiles.NORM_WINDOW_A[0]) & (wave <= emiles.NORM_WINDOW_A[1])
-    l0 = (flux * c / wave**2)[..., win].sum(-1)
-    l1 = (np.asarray(lib.flux, float) * c / wave**2)[..., win].sum(-1)
-    np.testing.assert_allclose(l1, l0, rtol=2e-4)
+    np.testing.assert_allclose(_window_luminosity(coarse, lib.flux), _window_luminosity(coarse, flux), rtol=2e-4)
+    with pytest.raises(ValueError, match="uniform in ln"):
+        emiles.emiles_cube(wave * np.exp(2e-4 * np.arange(wave.size) ** 2 / wave.size))  # steps 2e-3 to 2.4e-3
+
+
+def test_forward_model_refuses_a_library_it_cannot_apply(bc03):
+    """``library="bc03+emiles"`` with a ready-made plain BC03 grid is refused (it is applied when
+    the grid is loaded), rather than silently fitting BC03 while the run records E-MILES."""
+    from popsed_jax.physics.forward import build_forward_model
+
+    with pytest.raises(ValueError, match="bc03\\+emiles"):
+        build_forward_model(grid=bc03, library="bc03+emiles")
