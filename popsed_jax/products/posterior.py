@@ -25,7 +25,7 @@ import numpy as np
 
 from ..physics.params import log_sfr
 
-__all__ = ["QUANTITIES", "posterior_bank", "bank_from_theta", "galaxy_posteriors", "photoz_metrics", "posterior_catalog", "Z_GRID_STEP"]
+__all__ = ["QUANTITIES", "posterior_bank", "bank_from_theta", "galaxy_posteriors", "chunk_for_memory", "photoz_metrics", "posterior_catalog", "Z_GRID_STEP"]
 
 QUANTITIES = ("z", "logM_surviving", "log_sfr_100myr", "log_ssfr_100myr", "age_mw", "logZ", "tau2")
 Z_GRID_STEP = 0.005
@@ -103,13 +103,21 @@ def _weighted_quantiles(x, w, qs):
     return [xs[np.arange(x.shape[0]), np.minimum((cw < q).sum(1), x.shape[1] - 1)] for q in qs]
 
 
+def chunk_for_memory(bank_size: int, chunk: int, mem_gb: float) -> int:
+    """Galaxies per chunk so that the ~6 (galaxies x bank) 8-byte arrays one chunk holds at once
+    (chi2, log weights and their negative, weights, the top-k partition's indices) need about
+    ``mem_gb`` GiB: at most ``chunk``, at least 1."""
+    return int(np.clip(mem_gb * 2**30 // (6 * 8 * max(bank_size, 1)), 1, chunk))
+
+
 def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int = 2000, chunk: int = 256,
-                      min_ess: float = 10.0, chi2_p: float = 1e-3, progress: bool = True):
+                      min_ess: float = 10.0, chi2_p: float = 1e-3, progress: bool = True, mem_gb: float = 2.0):
     """Posterior summaries of every galaxy of ``catalog`` (a Catalog) given a bank from
     :func:`posterior_bank`: an astropy Table with id, z_spec (if any), for each quantity q of
     :data:`QUANTITIES` q_median, q_p16, q_p84 and q_map, p(z) on a grid (``pz``, column of
     length n_z from z = 0 in steps meta['ZGRIDSTP']), ess, captured (the top-k weight fraction), chi2_best,
-    n_bands_used, pit (where z_spec is known) and flag."""
+    n_bands_used, pit (where z_spec is known) and flag. Galaxies go in chunks of at most ``chunk``,
+    fewer where the bank is large, so that the (galaxies x bank) work arrays stay near ``mem_gb`` GiB."""
     from astropy.table import Table
     from scipy import stats
     from tqdm.auto import tqdm
@@ -132,6 +140,7 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int = 
     ess, captured, chi2_best, pz = (np.empty(n), np.empty(n), np.empty(n), np.zeros((n, z_grid.size - 1), np.float32))
     pit = np.full(n, np.nan)
     z_spec = catalog.z_spec
+    chunk = chunk_for_memory(m, chunk, mem_gb)
     for s in tqdm(range(0, n, chunk), desc="posteriors", unit="chunk", disable=not progress):
         sl = slice(s, min(s + chunk, n))
         chi2 = a[sl, None] - 2.0 * fi[sl] @ F.T + ivar[sl] @ F2.T  # (g, M)
