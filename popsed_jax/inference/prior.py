@@ -53,7 +53,11 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
   ranges (floored at 0.1 dex): so the prior's 16, 50 and 84% points are theirs. Each half is
   truncated to the box on its own side and keeps probability 1/2, so the median is theirs even
   where the box's top (0.3) cuts into the upper half (as the physical mock, ``survey.mock``, draws). Their Zsun = 0.02 is converted to the model's 0.019. (Until 0.2.0 a continuous split
-  normal peaking at their median was used; its median sat up to 0.08 dex below theirs.)
+  normal peaking at their median was used; its median sat up to 0.08 dex below theirs.) The two
+  halves' densities differ at the median; they are joined by a 0.02-dex logistic
+  (``MZR_JOIN_DEX``), because the KL term's gradient, taken through the flow's samples, cannot
+  see a jump: until 2026-12-07 the join was a hard step and the fit followed, in effect, the
+  continuous split normal again (up to 0.2 dex below Gallazzi's median at log M* 10-10.7).
 
 The mass function of the ``"mzr+smf*"`` presets is ``FitConfig.mass_function`` (``MASS_FUNCTIONS``):
 Weigel et al. (2016, MNRAS 459, 2150; SDSS DR7, 0.02 < z < 0.06; the default) or Baldry et
@@ -89,7 +93,7 @@ from ..physics.relations import (GALLAZZI05, baldry04_ur_divider, weigel16_log_s
                                  peng10_log_quenched_fraction, speagle14_sfms)
 
 __all__ = ["PRIORS", "MASS_FUNCTIONS", "log_prior_ratio", "mzr_log_density", "smf_log_density", "typed_smf_log_density",
-           "log_ssfr_vs_main_sequence", "red_colour_margin", "ur_band_indices", "ssfr_log_density", "ssfr_reference_table", "NEEDS_MODEL", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "MS_SPLIT_DEX",
+           "log_ssfr_vs_main_sequence", "red_colour_margin", "ur_band_indices", "ssfr_log_density", "ssfr_reference_table", "NEEDS_MODEL", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "MZR_JOIN_DEX", "MS_SPLIT_DEX",
            "MS_SPLIT_WIDTH", "UR_SPLIT_WIDTH"]
 
 PRIORS = ("flat", "mzr", "mzr+smf", "mzr+smf-type", "mzr+smf-colour", "physical")
@@ -102,31 +106,46 @@ MZR_MIN_WIDTH = 0.1  # dex: floor of the split-normal half-widths
 _G05_TO_MODEL = math.log10(0.02 / ZSUN)  # log Z/Zsun(0.02) -> log Z/Zsun(0.019)
 
 
-def _two_half_normals_logpdf(x, mu, s1, s2):
-    """log density of half N(mu, s1) below mu and half N(mu, s2) above it (each half weight 1/2):
-    mu is the median, mu - s1 the 15.87% point and mu + s2 the 84.13% point."""
-    s = jnp.where(x < mu, s1, s2)
+MZR_JOIN_DEX = 0.02  # dex: logistic width over which the MZR's two halves are joined at the median
+
+
+def _half_normal_logpdf(x, mu, s):
     return -0.5 * math.log(2.0 * math.pi) - jnp.log(s) - 0.5 * ((x - mu) / s) ** 2
-
-
-def _two_half_normals_cdf(x, mu, s1, s2):
-    return ndtr((x - mu) / jnp.where(x < mu, s1, s2))
 
 
 def mzr_log_density(log_z, log_m_formed, lo: float, hi: float):
     """log p(logZ | logM) [per dex of logZ] of the Gallazzi+05 preset, truncated to [lo, hi]
-    (the box's logZ range, model units Zsun = 0.019). Arrays of equal shape; differentiable."""
+    (the box's logZ range, model units Zsun = 0.019). Arrays of equal shape; differentiable.
+
+    Two half-normals joined at Gallazzi's median, each holding probability 1/2 inside the box
+    (truncated on its own side), as the physical mock draws them; their densities differ at the
+    median, so they are joined by a logistic of width ``MZR_JOIN_DEX``: the KL term's gradient is
+    taken through the flow's samples and cannot see a jump (with a hard join it followed a
+    continuous split normal whose median lies up to 0.2 dex below Gallazzi's). The join keeps
+    the normalisation to O(width^2); the halves start lower by the join's first-order shift of the
+    median, so the median is kept to O(width^2) too."""
     dt = jnp.result_type(log_z)
     t = jnp.asarray(GALLAZZI05, dt)
     lm = log_m_formed - FORMED_TO_SURVIVING_DEX
     p50 = jnp.interp(lm, t[:, 0], t[:, 1]) + _G05_TO_MODEL
     s1 = jnp.maximum(jnp.interp(lm, t[:, 0], t[:, 1] - t[:, 2]), MZR_MIN_WIDTH)
     s2 = jnp.maximum(jnp.interp(lm, t[:, 0], t[:, 3] - t[:, 1]), MZR_MIN_WIDTH)
-    # each half keeps probability 1/2 inside the box (truncated on its own side), so the median
-    # stays theirs however much of the upper half the box's top cuts off
-    half_mass = jnp.where(log_z < p50, 0.5 - _two_half_normals_cdf(jnp.asarray(lo, dt), p50, s1, s2),
-                          _two_half_normals_cdf(jnp.asarray(hi, dt), p50, s1, s2) - 0.5)
-    return _two_half_normals_logpdf(log_z, p50, s1, s2) - jnp.log(2.0 * jnp.maximum(half_mass, 1e-30))
+    lo_, hi_ = jnp.asarray(lo, dt), jnp.asarray(hi, dt)
+
+    def halves(mu):  # each half keeps probability 1/2 inside the box, truncated on its own side
+        mass_lo = jnp.maximum(0.5 - ndtr((lo_ - mu) / s1), 1e-30)
+        mass_hi = jnp.maximum(ndtr((hi_ - mu) / s2) - 0.5, 1e-30)
+        return mu, mass_lo, mass_hi
+
+    # the logistic join moves the median up by (p_lower - p_upper) w ln2 / p at the median: start
+    # the halves that much lower, so that the median is Gallazzi's to O(w^2)
+    _, m_lo, m_hi = halves(p50)
+    pl, pu = 1.0 / (2.0 * s1 * m_lo), 1.0 / (2.0 * s2 * m_hi)  # densities at the median / phi(0)
+    mu, mass_lo, mass_hi = halves(p50 - (pl - pu) / (0.5 * (pl + pu)) * MZR_JOIN_DEX * math.log(2.0))
+    lower = _half_normal_logpdf(log_z, mu, s1) - jnp.log(2.0 * mass_lo)
+    upper = _half_normal_logpdf(log_z, mu, s2) - jnp.log(2.0 * mass_hi)
+    u = (log_z - mu) / MZR_JOIN_DEX
+    return jnp.logaddexp(jax.nn.log_sigmoid(-u) + lower, jax.nn.log_sigmoid(u) + upper)
 
 
 def _log_norm_on_box(log_v, lo: float, hi: float) -> float:

@@ -18,8 +18,8 @@ from popsed_jax.survey.catalog import read_sdss_main
 
 @pytest.mark.parametrize("log_m_surv", [9.0, 10.0, 10.5, 11.5])
 def test_mzr_density_is_normalised_on_the_box_and_has_gallazzis_percentiles(log_m_surv):
-    """Normalised on the box; the median is Gallazzi's exactly, and each half, truncated on its
-    own side, holds 1/2: the CDF at p16 is (Phi(-1) - Phi(lo')) / (1/2 - Phi(lo')) / 2 and at p84
+    """Normalised on the box; the median is Gallazzi's (to 0.002 dex: the halves are joined by a
+    0.02-dex logistic), and each half, truncated on its own side, holds 1/2: the CDF at p16 is (Phi(-1) - Phi(lo')) / (1/2 - Phi(lo')) / 2 and at p84
     1/2 + (Phi(1) - 1/2) / (Phi(hi') - 1/2) / 2 (widths floored at 0.1 dex). The physical mock
     (survey.mock.sample_logz_gallazzi05) draws the same distribution: their quantiles agree."""
     from scipy.stats import norm
@@ -38,10 +38,40 @@ def test_mzr_density_is_normalised_on_the_box_and_has_gallazzis_percentiles(log_
                 g50 + s2: 0.5 + 0.5 * (norm.cdf(1.0) - 0.5) / (f_hi - 0.5)}
     for point, p in expected.items():
         if point < 0.3:
-            assert np.interp(point, x, cdf) == pytest.approx(p, abs=2e-3), point
+            # the join keeps the median by moving the halves down by up to 2 ln2 x 0.02 dex: up to
+            # 0.01 in probability at the 16 and 84% points (<= 0.028 dex)
+            assert np.interp(point, x, cdf) == pytest.approx(p, abs=2e-3 if p == 0.5 else 1e-2), point
     draws = sample_logz_gallazzi05(np.full(200_000, log_m_surv), np.random.default_rng(0))
     for q in (0.16, 0.5, 0.84):
-        assert np.quantile(draws, q) == pytest.approx(np.interp(q, cdf, x), abs=0.01), q
+        assert np.quantile(draws, q) == pytest.approx(np.interp(q, cdf, x), abs=0.01 if q == 0.5 else 0.03), q
+
+
+@pytest.mark.parametrize("log_m_surv", [10.3, 10.7, 11.1])
+def test_mzr_gradient_through_samples_is_the_gradient_of_the_expectation(log_m_surv):
+    """The KL term differentiates E_q[log prior] through the flow's samples, which cannot see a
+    jump in the density: the MZR must be continuous in logZ. For q a normal of width 0.15 dex
+    clipped to the box, d/dmu of the Monte Carlo mean (autodiff) equals the finite difference of
+    the exact expectation (quadrature). With the halves joined by a hard step it was off by up to
+    1.6 nats/dex, pulling the fit 0.1-0.2 dex below Gallazzi's median."""
+    from scipy.stats import norm
+
+    lo, hi = -2.27, 0.3
+    x = np.linspace(lo, hi, 400_001)
+    dx = x[1] - x[0]
+
+    def f(z):
+        return mzr_log_density(z, jnp.full_like(z, log_m_surv + 0.23), lo, hi)
+
+    fx = np.asarray(f(jnp.asarray(x)), float)
+    eps = jax.random.normal(jax.random.PRNGKey(0), (400_000,))
+    for mu in (-0.2, 0.05):
+        pathwise = float(jax.grad(lambda m: jnp.mean(f(jnp.clip(m + 0.15 * eps, lo, hi))))(jnp.float32(mu)))
+
+        def exact(m):  # over the clipped normal: the inside, and point masses at the edges
+            return np.sum(norm.pdf(x, m, 0.15) * dx * fx) + norm.sf(hi, m, 0.15) * fx[-1] + norm.cdf(lo, m, 0.15) * fx[0]
+
+        fd = (exact(mu + 1e-3) - exact(mu - 1e-3)) / 2e-3
+        assert pathwise == pytest.approx(fd, abs=0.05), (mu, pathwise, fd)
 
 
 def test_flat_prior_ratio_is_zero_and_mzr_prefers_metal_rich_massive_galaxies():
