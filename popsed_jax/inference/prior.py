@@ -19,7 +19,10 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
   ``QUIESCENT_OFFSET_DEX``), as a logistic of width ``MS_SPLIT_WIDTH`` dex so that the density is
   differentiable in the SFH: p(log M | sSFR) = w_q p(log M | quenched) + (1 - w_q) p(log M |
   star-forming), normalised in log M at every offset from the main sequence, so the prior does
-  not set how many galaxies are quenched. The width also caps the penalty on a massive galaxy that is star-forming at
+  not set how many galaxies are quenched. The offset itself moves with log M (the main sequence
+  rises with M*), so the term is divided by its integral over the box's log M at the galaxy's
+  other parameters (``typed_smf_log_density(type_at=...)``; until 2026-12-07 it was not, and
+  the colour-typed prior below weighed green-valley colours down by up to 0.9 nats). The width also caps the penalty on a massive galaxy that is star-forming at
   1 / width nats per dex of sSFR above the split (beyond it the quenched term dominates the mix).
   The physical mock draws Baldry+12 masses and quenches them with Peng+10's f_q, putting its
   quenched galaxies 1.5 +- 0.4 dex below the same main sequence: the same joint distribution up
@@ -30,7 +33,7 @@ estimated from the step's own flow samples. Presets (``FitConfig.prior``):
   its sSFR: red when its rest-frame (z = 0) u - r, dust included, lies above the red/blue
   divider of Baldry et al. (2004, ApJ 600, 681) at its rest-frame absolute M_r (2.06 - 0.244
   tanh((M_r + 20.07) / 1.09); ``physics.relations.baldry04_ur_divider``), as a logistic of width
-  ``UR_SPLIT_WIDTH`` mag. This is how Peng et al. (2010) typed the SDSS galaxies behind f_q
+  ``UR_SPLIT_WIDTH`` mag, normalised over log M as above (the divider moves with M_r). This is how Peng et al. (2010) typed the SDSS galaxies behind f_q
   (red by colour, whatever reddens them), and it is what the SDSS photometry constrains: the
   sSFR of a red galaxy is degenerate with its dust, and typed by sSFR 55-95% of red SDSS
   galaxies were fitted as dusty star-formers and given the star-forming mass function.
@@ -93,7 +96,7 @@ from ..physics.relations import (GALLAZZI05, baldry04_ur_divider, weigel16_log_s
                                  peng10_log_quenched_fraction, speagle14_sfms)
 
 __all__ = ["PRIORS", "MASS_FUNCTIONS", "log_prior_ratio", "mzr_log_density", "smf_log_density", "typed_smf_log_density",
-           "log_ssfr_vs_main_sequence", "red_colour_margin", "ur_band_indices", "ssfr_log_density", "ssfr_reference_table", "NEEDS_MODEL", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "MZR_JOIN_DEX", "MS_SPLIT_DEX",
+           "log_ssfr_vs_main_sequence", "red_colour_margin", "ur_band_indices", "ssfr_log_density", "ssfr_reference_table", "NEEDS_MODEL", "FORMED_TO_SURVIVING_DEX", "MZR_MIN_WIDTH", "MZR_JOIN_DEX", "TYPE_NORM_NODES", "MS_SPLIT_DEX",
            "MS_SPLIT_WIDTH", "UR_SPLIT_WIDTH"]
 
 PRIORS = ("flat", "mzr", "mzr+smf", "mzr+smf-type", "mzr+smf-colour", "physical")
@@ -169,17 +172,26 @@ def smf_log_density(log_m_formed, lo: float, hi: float, mass_function: str = "ba
     return smf(log_m_formed - FORMED_TO_SURVIVING_DEX, xp=jnp) - log_norm
 
 
+def _ssfr_and_time(model, theta):
+    """log sSFR (100 Myr) [1/yr] and the age of the universe [Gyr] of theta (..., 11): (...) each."""
+    d = derived_quantities(model, theta.reshape(-1, theta.shape[-1]))
+    shape = theta.shape[:-1]
+    return d["log_ssfr_100myr"].reshape(shape).astype(theta.dtype), d["t_universe"].reshape(shape).astype(theta.dtype)
+
+
+def _ms_offset(log_ssfr, t_gyr, log_m_formed):
+    """log sSFR minus the Speagle+14 main sequence's (Chabrier) at M* = logM - 0.23 [dex]."""
+    lms = log_m_formed - FORMED_TO_SURVIVING_DEX
+    return log_ssfr - (speagle14_sfms(lms, t_gyr, chabrier=True, xp=jnp) - lms)
+
+
 def log_ssfr_vs_main_sequence(model, theta, with_ssfr: bool = False):
     """log sSFR (100 Myr) minus the Speagle+14 main sequence (Chabrier) at the galaxy's M*
     (logM - 0.23) and cosmic time [dex], from the forward model's SFH: (..., 11) -> (...);
     with_ssfr: also the log sSFR [1/yr] itself."""
-    flat = theta.reshape(-1, theta.shape[-1])
-    d = derived_quantities(model, flat)
-    lms = flat[:, IDX["logM"]] - FORMED_TO_SURVIVING_DEX
-    ms = speagle14_sfms(lms, d["t_universe"], chabrier=True, xp=jnp) - lms
-    shape = theta.shape[:-1]
-    d_ms = (d["log_ssfr_100myr"] - ms).reshape(shape).astype(theta.dtype)
-    return (d_ms, d["log_ssfr_100myr"].reshape(shape).astype(theta.dtype)) if with_ssfr else d_ms
+    lssfr, t = _ssfr_and_time(model, theta)
+    d_ms = _ms_offset(lssfr, t, theta[..., IDX["logM"]]).astype(theta.dtype)
+    return (d_ms, lssfr) if with_ssfr else d_ms
 
 
 def ur_band_indices(bands) -> tuple[int, int]:
@@ -197,22 +209,39 @@ def red_colour_margin(model, theta, rest_mags=None):
     M_r [mag], dust included: > 0 red. (..., 11) -> (...). The model needs a u and an r band.
     rest_mags: the rest-frame absolute magnitudes (..., n_bands) if already computed
     (``forward.forward_fluxes(..., with_rest=True)``), else computed here."""
+    u_r, m_r = _ur_and_mr(model, theta, rest_mags)
+    return (u_r - baldry04_ur_divider(m_r, xp=jnp)).astype(theta.dtype)
+
+
+def _ur_and_mr(model, theta, rest_mags=None):
+    """Rest-frame u - r and absolute M_r [AB mag] of theta (..., 11): (...) each."""
     iu, ir = ur_band_indices(model.bands)
     if rest_mags is None:
         rest_mags = rest_frame_abs_mags(model, theta.reshape(-1, theta.shape[-1]))
     mags = rest_mags.reshape(-1, rest_mags.shape[-1])
-    m_u, m_r = mags[:, iu], mags[:, ir]
-    return (m_u - m_r - baldry04_ur_divider(m_r, xp=jnp)).reshape(theta.shape[:-1]).astype(theta.dtype)
+    shape = theta.shape[:-1]
+    return (mags[:, iu] - mags[:, ir]).reshape(shape), mags[:, ir].reshape(shape)
 
 
-def typed_smf_log_density(log_m_formed, d_ms, lo: float, hi: float, red_margin=None, mass_function: str = "baldry12"):
+TYPE_NORM_NODES = 128  # log M nodes of the typed mass term's normalisation at fixed other parameters
+
+
+def typed_smf_log_density(log_m_formed, d_ms, lo: float, hi: float, red_margin=None, mass_function: str = "baldry12",
+                          type_at=None):
     """log p(logM formed | type) [per dex] of the typed presets: the mass function
     (``mass_function``) times the Peng+10 quenched fraction (or its complement), each normalised on the box's
     formed-mass range [lo, hi], mixed by the logistic quenched weight of ``d_ms``, the 100-Myr
     sSFR minus the main sequence [dex] (:func:`log_ssfr_vs_main_sequence`; ``"mzr+smf-type"``),
     or, when ``d_ms`` is None, of ``red_margin``, the rest-frame u - r above the red/blue divider
     [mag] (:func:`red_colour_margin`; ``"mzr+smf-colour"``). ``mass_function``: a key of
-    ``MASS_FUNCTIONS``. Arrays that broadcast; differentiable."""
+    ``MASS_FUNCTIONS``. Arrays that broadcast; differentiable.
+
+    type_at: the type variable (``d_ms``, or ``red_margin``) the same galaxy would have at other
+    formed masses, a function of log M nodes (G,) -> (..., G). The type moves with the mass (the
+    main sequence's slope; the divider's dependence on M_r), so p(log M | type(log M)) does not
+    integrate to 1 over log M by itself: with type_at the density is divided by its integral over
+    the box's log M at the galaxy's other parameters (trapezoid on ``TYPE_NORM_NODES`` nodes), so
+    that the prior weighs no colour or sSFR more than the reference does."""
     def parts(lm_formed, xp):
         lm = lm_formed - FORMED_TO_SURVIVING_DEX
         log_phi = MASS_FUNCTIONS[mass_function](lm, xp=xp)
@@ -221,9 +250,20 @@ def typed_smf_log_density(log_m_formed, d_ms, lo: float, hi: float, red_margin=N
 
     norm_q = _log_norm_on_box(lambda g: parts(g, np)[0], lo, hi)
     norm_sf = _log_norm_on_box(lambda g: parts(g, np)[1], lo, hi)
-    lp_q, lp_sf = parts(log_m_formed, jnp)
-    u = (MS_SPLIT_DEX - d_ms) / MS_SPLIT_WIDTH if d_ms is not None else red_margin / UR_SPLIT_WIDTH  # > 0: quenched / red
-    return jnp.logaddexp(jax.nn.log_sigmoid(u) + lp_q - norm_q, jax.nn.log_sigmoid(-u) + lp_sf - norm_sf)
+    def logit(v):  # > 0: quenched / red
+        return (MS_SPLIT_DEX - v) / MS_SPLIT_WIDTH if d_ms is not None else v / UR_SPLIT_WIDTH
+
+    def density(lm, u):
+        lp_q, lp_sf = parts(lm, jnp)
+        return jnp.logaddexp(jax.nn.log_sigmoid(u) + lp_q - norm_q, jax.nn.log_sigmoid(-u) + lp_sf - norm_sf)
+
+    out = density(log_m_formed, logit(d_ms if d_ms is not None else red_margin))
+    if type_at is None:
+        return out
+    nodes = np.linspace(lo, hi, TYPE_NORM_NODES)
+    log_w = np.log(np.full(nodes.size, nodes[1] - nodes[0]) * np.r_[0.5, np.ones(nodes.size - 2), 0.5])
+    lg = density(jnp.asarray(nodes, out.dtype), logit(type_at(jnp.asarray(nodes, out.dtype))))  # (..., G)
+    return out - jax.scipy.special.logsumexp(lg + jnp.asarray(log_w, out.dtype), axis=-1)
 
 
 def ssfr_log_density(d_ms, log_m_formed):
@@ -302,12 +342,19 @@ def log_prior_ratio(theta, prior: str, lo, hi, model=None, ssfr_table=None, rest
                 raise ValueError("prior 'physical' needs ssfr_table (prior.ssfr_reference_table of the model and box)")
             d_ms, lssfr = log_ssfr_vs_main_sequence(model, theta, with_ssfr=True)
             out = out + ssfr_log_density(d_ms, theta[..., m]) - _interp_table(ssfr_table, theta[..., IDX["z"]], lssfr)
+        lm = theta[..., m]
         if prior == "mzr+smf-type":
-            d_ms = log_ssfr_vs_main_sequence(model, theta)
-            out = out + typed_smf_log_density(theta[..., m], d_ms, lm_lo, lm_hi, mass_function=mass_function) + math.log(lm_hi - lm_lo)
+            lssfr, t = _ssfr_and_time(model, theta)
+            out = out + typed_smf_log_density(lm, _ms_offset(lssfr, t, lm), lm_lo, lm_hi, mass_function=mass_function,
+                                              type_at=lambda g: _ms_offset(lssfr[..., None], t[..., None], g)) + math.log(lm_hi - lm_lo)
         if prior == "mzr+smf-colour":
-            red = red_colour_margin(model, theta, rest_mags)
-            out = out + typed_smf_log_density(theta[..., m], None, lm_lo, lm_hi, red_margin=red,
-                                              mass_function=mass_function) + math.log(lm_hi - lm_lo)
+            u_r, m_r = _ur_and_mr(model, theta, rest_mags)
+
+            def margin(g):  # at formed mass g the galaxy is 2.5 (g - logM) mag brighter in M_r, as red in u - r
+                return u_r[..., None] - baldry04_ur_divider(m_r[..., None] - 2.5 * (g - lm[..., None]), xp=jnp)
+
+            red = u_r - baldry04_ur_divider(m_r, xp=jnp)
+            out = out + typed_smf_log_density(lm, None, lm_lo, lm_hi, red_margin=red, mass_function=mass_function,
+                                              type_at=margin) + math.log(lm_hi - lm_lo)
         return out
     raise ValueError(f"prior must be one of {list(PRIORS)}, got {prior!r}")

@@ -206,7 +206,15 @@ def test_typed_prior_uses_the_model_s_ssfr_and_disfavours_massive_star_forming_g
     typed = np.asarray(log_prior_ratio(thj, "mzr+smf-type", lo, hi, model))
     mzr = np.asarray(log_prior_ratio(thj, "mzr", lo, hi))
     m = fitlib.PARAM_NAMES.index("logM")
-    expect = np.asarray(typed_smf_log_density(thj[:, m], jnp.asarray(d_ms), lo[m], hi[m])) + np.log(hi[m] - lo[m])
+    # the same galaxy at other formed masses g: same sSFR and cosmic time, the main sequence at g
+    t_u = np.asarray(d["t_universe"], float)
+    lssfr = np.asarray(d["log_ssfr_100myr"], float)
+
+    def d_ms_at(g):
+        g = np.asarray(g, float)[None, :] - 0.23
+        return jnp.asarray(lssfr[:, None] - (speagle14_sfms(g, t_u[:, None], chabrier=True) - g), jnp.float32)
+
+    expect = np.asarray(typed_smf_log_density(thj[:, m], jnp.asarray(d_ms), lo[m], hi[m], type_at=d_ms_at)) + np.log(hi[m] - lo[m])
     np.testing.assert_allclose(typed - mzr, expect, rtol=1e-4, atol=1e-4)
     assert typed[0] > typed[1] + 5 and typed[3] > typed[2] + 0.5
     # the fit's (K, n, 11) layout: same values, finite float32 gradients
@@ -337,8 +345,18 @@ def test_colour_typed_prior_types_old_galaxies_red_and_young_ones_blue(model):
     assert float(log_ssfr_vs_main_sequence(model, thj)[2]) > 0.3  # on or above the main sequence by its sSFR
     m = fitlib.PARAM_NAMES.index("logM")
     v = np.asarray(log_prior_ratio(thj, "mzr+smf-colour", lo, hi, model))
+    from popsed_jax.physics.forward import rest_frame_abs_mags
+    from popsed_jax.physics.relations import baldry04_ur_divider
+
+    mags = np.asarray(rest_frame_abs_mags(model, thj), float)
+    u_r, m_r = mags[:, 0] - mags[:, 2], mags[:, 2]
+
+    def margin_at(g):  # the same galaxy at formed mass g: as red, 2.5 (g - logM) mag brighter
+        return jnp.asarray(u_r[:, None] - baldry04_ur_divider(m_r[:, None] - 2.5 * (np.asarray(g)[None, :] - th[:, m, None])), jnp.float32)
+
     expect = (np.asarray(log_prior_ratio(thj, "mzr", lo, hi))
-              + np.asarray(typed_smf_log_density(thj[:, m], None, lo[m], hi[m], red_margin=jnp.asarray(red))) + np.log(hi[m] - lo[m]))
+              + np.asarray(typed_smf_log_density(thj[:, m], None, lo[m], hi[m], red_margin=jnp.asarray(red), type_at=margin_at))
+              + np.log(hi[m] - lo[m]))
     np.testing.assert_allclose(v, expect, rtol=1e-4, atol=1e-4)
     assert v[0] > v[1] + 3
     th3 = jnp.stack([thj, thj[::-1]])
@@ -395,3 +413,22 @@ def test_weigel16_mass_function_is_their_double_schechter_and_the_default():
     w = np.asarray(log_prior_ratio(th, "mzr+smf", lo, hi, mass_function="weigel16"))
     b = np.asarray(log_prior_ratio(th, "mzr+smf", lo, hi, mass_function="baldry12"))
     assert w[0] - w[1] > b[0] - b[1] + 0.3  # a massive galaxy against one near M*: likelier under Weigel+16
+
+
+@pytest.mark.parametrize("prior", ["mzr+smf-colour", "mzr+smf-type"])
+def test_typed_mass_term_is_normalised_over_mass_at_any_colour(model, prior):
+    """The type moves with the mass (Baldry+04's divider with M_r, the main sequence with M*), so
+    the typed mass term is normalised over log M at each galaxy's other parameters: for galaxies
+    from blue through the green valley to red, the integral over the box's log M of
+    exp(prior - "mzr") / (hi - lo) is 1 (unnormalised it ranged down to exp(-0.9) in the green
+    valley, a colour distribution the prior was not meant to set)."""
+    lo, hi = fitlib.box_bounds(FitConfig())
+    m = fitlib.PARAM_NAMES.index("logM")
+    grid = np.linspace(lo[m], hi[m], 801)
+    base = np.array([0.1, 10.5, 0.5, 0.5, 0.5, 5.0, 0.0, 0.0, 0.0, 0.3, 0.3])
+    for k1, tau2 in ((0.001, 0.0), (0.3, 0.3), (0.6, 0.5), (0.9, 0.3), (1.0, 0.0)):  # young and blue .. old and red
+        th = np.tile(base, (grid.size, 1))
+        th[:, m], th[:, 2], th[:, 10] = grid, k1, tau2
+        thj = jnp.asarray(th, jnp.float32)
+        d = np.asarray(log_prior_ratio(thj, prior, lo, hi, model)) - np.asarray(log_prior_ratio(thj, "mzr", lo, hi))
+        assert np.trapezoid(np.exp(d), grid) / (hi[m] - lo[m]) == pytest.approx(1.0, abs=5e-3), (k1, tau2)
