@@ -111,12 +111,16 @@ def chunk_for_memory(bank_size: int, chunk: int, mem_gb: float) -> int:
 
 
 def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int = 2000, chunk: int = 256,
-                      min_ess: float = 10.0, chi2_p: float = 1e-3, progress: bool = True, mem_gb: float = 2.0):
+                      min_ess: float = 10.0, chi2_p: float = 1e-3, progress: bool = True, mem_gb: float = 2.0,
+                      min_captured: float = 0.99):
     """Posterior summaries of every galaxy of ``catalog`` (a Catalog) given a bank from
     :func:`posterior_bank`: an astropy Table with id, z_spec (if any), for each quantity q of
-    :data:`QUANTITIES` q_median, q_p16, q_p84 and q_map, p(z) on a grid (``pz``, column of
-    length n_z from z = 0 in steps meta['ZGRIDSTP']), ess, captured (the top-k weight fraction), chi2_best,
-    n_bands_used, pit (where z_spec is known) and flag. Galaxies go in chunks of at most ``chunk``,
+    :data:`QUANTITIES` q_median, q_p16, q_p84 and q_map (at the bank draw of highest likelihood:
+    the best-fitting draw of the population, not the posterior's mode, which would need the
+    flow's density), p(z) on a grid (``pz``: the probability in each bin, bins of meta['ZGRIDSTP']
+    from z = 0), ess, captured (the top-k weight fraction), chi2_best, n_bands_used, pit (NaN
+    where there is no spec-z) and flag (ESS < ``min_ess``, an improbable chi2_best, no bands,
+    or captured < ``min_captured``). Galaxies go in chunks of at most ``chunk``,
     fewer where the bank is large, so that the (galaxies x bank) work arrays stay near ``mem_gb`` GiB."""
     from astropy.table import Table
     from scipy import stats
@@ -164,10 +168,13 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int = 
         for g in range(zs.shape[0]):
             pz[s + g] = np.bincount(bins[g], weights=w[g], minlength=z_grid.size - 1)
         if z_spec is not None:
-            pit[sl] = np.sum(w * (zs < z_spec[sl, None]), 1)
+            zsp = z_spec[sl]
+            pit[sl] = np.where(np.isfinite(zsp), np.sum(w * (zs < zsp[:, None]), 1), np.nan)  # no spec-z: no PIT
     n_used = ok.sum(1)
     p_chi2 = stats.chi2.sf(chi2_best, np.maximum(n_used, 1))
-    flag = (ess < min_ess) | (p_chi2 < chi2_p) | (n_used == 0)
+    # also flagged: the top-k heaviest draws hold < 99% of the weight (the posterior is broader
+    # than the k draws kept for its quantiles, which would come out too narrow)
+    flag = (ess < min_ess) | (p_chi2 < chi2_p) | (n_used == 0) | (captured < min_captured)
     t = Table()
     t["id"] = catalog.ids
     if z_spec is not None:
@@ -181,7 +188,7 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int = 
     if z_spec is not None:
         t["pit"] = pit
     t["flag"] = flag
-    t.meta.update(PRIOR=bank["prior"], NBANK=int(m), FLOOR=floor, TOPK=int(k), MINESS=min_ess, CHI2P=chi2_p,
+    t.meta.update(PRIOR=bank["prior"], NBANK=int(m), FLOOR=floor, TOPK=int(k), MINESS=min_ess, CHI2P=chi2_p, MINCAPT=min_captured,
                   ZGRIDLO=0.0, ZGRIDSTP=Z_GRID_STEP, BANDS=",".join(bank["bands"]))
     return t
 
@@ -239,7 +246,8 @@ def posterior_catalog(run, catalog=None, out=None, *, prior: str = "population",
     if refine and low.size:
         from ..survey.catalog import catalog_subset
 
-        more = posterior_bank(folder.path, refine * n_bank, prior=prior, seed=seed + 1)
+        # member m of the first bank drew with key seed + m: the extra draws start past them
+        more = posterior_bank(folder.path, refine * n_bank, prior=prior, seed=seed + max(int(cfg.members), 1))
         big = {k: (np.concatenate([bank[k], more[k]]) if isinstance(bank[k], np.ndarray) else bank[k]) for k in bank}
         keep = np.zeros(cat.n, bool)
         keep[low] = True

@@ -75,3 +75,20 @@ def test_large_banks_go_in_smaller_chunks_with_the_same_answer(fwd):
     cut = galaxy_posteriors(cat, bank, floor=0.03, progress=False, mem_gb=3 * 6 * 8 * 5000 / 2**30)  # 3 a chunk
     for c in whole.colnames:
         np.testing.assert_allclose(np.asarray(cut[c], float), np.asarray(whole[c], float), rtol=1e-9, err_msg=c)  # BLAS order
+
+
+def test_broad_posteriors_are_flagged_and_galaxies_without_spec_z_get_no_pit(fwd):
+    """Quantiles come from the 2,000 heaviest bank draws: a galaxy whose photometry hardly
+    constrains it (errors 100x its flux, ESS in the thousands) keeps much less than 99% of its
+    weight there and is flagged; a well-measured one is not. A galaxy without a spec-z gets a
+    NaN PIT, not 0."""
+    rng = np.random.default_rng(4)
+    pop = BASE + np.r_[0.02, 0.2, np.zeros(5), 0.1, 0, 0, 0.1] * rng.standard_normal((20000, 11))
+    bank = bank_from_theta(fwd, pop, "test", 0.3)
+    f = compute_fluxes(fwd, pop[:2])
+    z_spec = np.array([pop[0, 0], np.nan])
+    cat = Catalog(f, np.stack([0.03 * f[0], 100.0 * f[1]]), fwd.bands, z_spec=z_spec)
+    t = galaxy_posteriors(cat, bank, floor=0.0, progress=False)
+    assert t["captured"][0] > 0.99 and not t["flag"][0]
+    assert t["ess"][1] > 5000 and t["captured"][1] < 0.5 and t["flag"][1]
+    assert np.isfinite(t["pit"][0]) and np.isnan(t["pit"][1])
