@@ -308,7 +308,10 @@ def vmax_smf(samples, model, limit: str, z_range, n_catalog: int, area_deg2: flo
 
     Also the intrinsic mass function of the population: histogram of logM_surviving of all
     samples with z < z_cut, times w, over the volume between z_min and z_cut (same units).
-    Returns bins, logM (centres), dlogM, phi, phi_err (Poisson), phi_members (K, n_bins),
+    Returns bins, logM (centres), dlogM, phi, phi_err (the Poisson error of the population's
+    weighted draws, sqrt(sum (w / V_max)^2) / dlogM: with w = n_catalog / n_selected it is
+    sqrt(w) times the survey's own Poisson error and shrinks as more draws are taken; not an
+    error on the survey's mass function), phi_members (K, n_bins),
     phi_member_std, phi_intrinsic, phi_intrinsic_members, weight, n_selected, z_max, vmax,
     normalized, units.
     """
