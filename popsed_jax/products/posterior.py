@@ -10,7 +10,8 @@ theta_j ~ q_phi, with their noiseless model fluxes F_j and derived quantities, i
 all galaxies; w_ij is proportional to L_i(theta_j), so the weights of all galaxies are one
 (galaxies x bank) matrix of chi^2 = a_i - 2 (f_i / s_i^2) . F_j + (1 / s_i^2) . F_j^2, computed
 in chunks with two matrix products. Each galaxy keeps its ``top_k`` heaviest bank samples
-(their weight fraction is reported) for quantiles, the MAP and p(z). The effective sample
+(at least 2,000, and 1% of the bank; their weight fraction ``captured`` is reported, and a
+galaxy is flagged when they hold less than ``min_captured``) for quantiles, the MAP and p(z). The effective sample
 size ESS = (sum w)^2 / sum w^2 says whether the bank resolves the posterior; a galaxy is
 flagged when ESS < ``min_ess`` or when its best chi^2 is improbable under the likelihood
 (p < ``chi2_p``: an outlier for follow-up). Bands with a non-finite flux or error, or error
@@ -70,7 +71,9 @@ def bank_from_theta(model, theta, prior: str, z_max: float, chunk: int = 16384) 
 
     th = jnp.asarray(theta, jnp.float32)
     flux = np.asarray(jax.jit(forward.forward_fluxes, static_argnames="chunk_size")(model, th, chunk_size=chunk))
-    der = {k: np.asarray(v) for k, v in jax.jit(forward.derived_quantities)(model, th).items()}
+    derive = jax.jit(forward.derived_quantities)
+    parts = [derive(model, th[s:s + chunk]) for s in range(0, th.shape[0], chunk)]  # in chunks: bounded memory
+    der = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
     theta = np.asarray(theta, np.float64)
     out = {"theta": theta, "flux": flux.astype(np.float64), "bands": tuple(model.bands), "prior": prior, "z_max": z_max}
     cols = {**{n_: theta[:, i] for i, n_ in enumerate(forward.PARAM_NAMES)}, **der}
@@ -110,9 +113,9 @@ def chunk_for_memory(bank_size: int, chunk: int, mem_gb: float) -> int:
     return int(np.clip(mem_gb * 2**30 // (6 * 8 * max(bank_size, 1)), 1, chunk))
 
 
-def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int = 2000, chunk: int = 256,
+def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int | None = None, chunk: int = 256,
                       min_ess: float = 10.0, chi2_p: float = 1e-3, progress: bool = True, mem_gb: float = 2.0,
-                      min_captured: float = 0.99):
+                      min_captured: float = 0.95):
     """Posterior summaries of every galaxy of ``catalog`` (a Catalog) given a bank from
     :func:`posterior_bank`: an astropy Table with id, z_spec (if any), for each quantity q of
     :data:`QUANTITIES` q_median, q_p16, q_p84 and q_map (at the bank draw of highest likelihood:
@@ -138,7 +141,7 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int = 
     fi = np.where(ok, f, 0.0) * ivar
     a = np.sum(np.where(ok, f, 0.0) ** 2 * ivar, 1)
     n, m = catalog.n, F.shape[0]
-    k = min(top_k, m)
+    k = min(top_k if top_k is not None else max(2000, m // 100), m)
     z_grid = np.arange(0.0, bank["z_max"] + Z_GRID_STEP / 2, Z_GRID_STEP)
     res = {q: np.empty((n, 4)) for q in QUANTITIES}
     ess, captured, chi2_best, pz = (np.empty(n), np.empty(n), np.empty(n), np.zeros((n, z_grid.size - 1), np.float32))
@@ -172,7 +175,7 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int = 
             pit[sl] = np.where(np.isfinite(zsp), np.sum(w * (zs < zsp[:, None]), 1), np.nan)  # no spec-z: no PIT
     n_used = ok.sum(1)
     p_chi2 = stats.chi2.sf(chi2_best, np.maximum(n_used, 1))
-    # also flagged: the top-k heaviest draws hold < 99% of the weight (the posterior is broader
+    # also flagged: the top-k heaviest draws hold < 95% of the weight (the posterior is broader
     # than the k draws kept for its quantiles, which would come out too narrow)
     flag = (ess < min_ess) | (p_chi2 < chi2_p) | (n_used == 0) | (captured < min_captured)
     t = Table()
