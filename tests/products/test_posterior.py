@@ -80,8 +80,8 @@ def test_large_banks_go_in_smaller_chunks_with_the_same_answer(fwd):
 def test_broad_posteriors_are_flagged_and_galaxies_without_spec_z_get_no_pit(fwd):
     """Quantiles come from the 2,000 heaviest bank draws: a galaxy whose photometry hardly
     constrains it (errors 100x its flux, ESS in the thousands) keeps much less than 95% of its
-    weight there and is flagged; a well-measured one is not. The bank's derived quantities are
-    computed in chunks: the same as in one piece. A galaxy without a spec-z gets a
+    weight there and is flagged; a well-measured one is not. The bank's fluxes and derived
+    quantities are computed in chunks of draws: the same as in one piece. A galaxy without a spec-z gets a
     NaN PIT, not 0."""
     rng = np.random.default_rng(4)
     pop = BASE + np.r_[0.02, 0.2, np.zeros(5), 0.1, 0, 0, 0.1] * rng.standard_normal((20000, 11))
@@ -95,5 +95,6 @@ def test_broad_posteriors_are_flagged_and_galaxies_without_spec_z_get_no_pit(fwd
     assert np.isfinite(t["pit"][0]) and np.isnan(t["pit"][1])
     small = bank_from_theta(fwd, pop[:3000], "test", 0.3, chunk=1024)  # 3 chunks, the last one short
     whole = bank_from_theta(fwd, pop[:3000], "test", 0.3, chunk=4096)
+    np.testing.assert_allclose(small["flux"], whole["flux"], rtol=1e-5)
     for q in ("age_mw", "logM_surviving", "log_sfr_100myr"):
         np.testing.assert_allclose(small[q], whole[q], rtol=1e-5, atol=1e-6, err_msg=q)
