@@ -38,7 +38,8 @@ def scorecard(run) -> dict:
     sel = np.asarray(tab["selected"], bool)
     z = np.asarray(tab["z"])[sel]
     info = folder.read_json("run_info")
-    cat = select_catalog(load_catalog(info["catalog"]), cfg.limit) if cfg.limit else load_catalog(info["catalog"])
+    cat = load_catalog(info["catalog"], extra=cfg.selection_bands)
+    cat = select_catalog(cat, cfg.limit) if cfg.limit else cat
     # the run's own g and r (sdss2001-* now, speclite's sdss2010-* in runs made before)
     g_run, r_run = (next(b for b in info["bands"] if b.endswith(s)) for s in ("-g", "-r"))
     gi, ri = (next(i for i, b in enumerate(cat.bands) if b.endswith(s)) for s in ("-g", "-r"))

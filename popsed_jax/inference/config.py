@@ -67,7 +67,12 @@ def _z_range(v):
 
 
 def _limit(v):
-    return None if v is None or isinstance(v, str) else "must be a string such as 'r<17.77', or null"
+    return None if v is None or isinstance(v, str) else "must be a string such as 'r<17.77' or 'r<17.77 & twomass-Ks<15.92', or null"
+
+
+def _band_names(v):
+    ok = isinstance(v, (tuple, list)) and all(isinstance(x, str) and x for x in v)
+    return None if ok else "must be a list of band names such as ['twomass-Ks'] (or empty)"
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,14 @@ class FitConfig:
     noise_tau: float = _f(10.0, "Annealing schedules", "noise anti-annealing rate tau", _number(0))
     val_loss: str = _f("sinkhorn", "Validation", "validation divergence and data floor (at the final blur)",
                        _one_of("sinkhorn", "sliced"))
-    limit: str | None = _f("r<17.77", "Survey and data", "survey magnitude limit", _limit)
+    limit: str | None = _f("r<17.77", "Survey and data",
+                           "survey magnitude limit(s), all of which a galaxy passes: 'r<17.77', 'r<17.77 & twomass-Ks<15.92' "
+                           "(AB). `popsed-jax fit sdss` sets the shipped sample's own selection, r < 17.77 and 2MASS-detected "
+                           "(survey.catalog.SHIPPED_SDSS_SELECTION), when limit and selection_bands are left at their defaults",
+                           _limit)
+    selection_bands: tuple = _f((), "Survey and data",
+                                "catalog bands used by `limit` only: simulated, noised and cut on, but not fitted "
+                                "(e.g. ['twomass-Ks'] for the 2MASS detection of the shipped SDSS sample)", _band_names)
     selection_width: float = _f(0.05, "Survey and data", "width of the soft selection [mag]", _number(0, lo_open=True))
     colours: bool = _f(True, "Survey and data", "features: r asinh mag + adjacent colours",
                        lambda v: None if isinstance(v, bool) else "must be true or false")

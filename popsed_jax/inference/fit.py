@@ -172,6 +172,21 @@ def training_loss(cfg: FitConfig, backend: str | None = None) -> dict:
     return {"kind": kind, "solver": solver, "backend": backend}
 
 
+def fit_bands(cfg: FitConfig, bands) -> tuple:
+    """The bands of ``bands`` the fit's loss (and a galaxy's posterior) uses: all but
+    ``cfg.selection_bands``, which serve the survey limit only; a ValueError naming a selection
+    band the catalog lacks, or if no band is left."""
+    bands = tuple(bands)
+    missing = [b for b in cfg.selection_bands if b not in bands]
+    if missing:
+        raise ValueError(f"selection band(s) {missing} are not among the catalog's bands {list(bands)}: the limit "
+                         f"{cfg.limit!r} needs them (for the shipped SDSS file they are added when it is read)")
+    out = tuple(b for b in bands if b not in cfg.selection_bands)
+    if not out:
+        raise ValueError(f"every catalog band {list(bands)} is a selection band: nothing is left to fit")
+    return out
+
+
 def prepare(cat: Catalog, cfg: FitConfig, noise_model: NoiseModel | None = None, grid=None, bases=None) -> FitProblem:
     """Select the catalog, fit the noise model, build the forward model, the features and the split."""
     if cfg.limit:
@@ -187,15 +202,16 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: NoiseModel | None = None,
     noise = noise_model if noise_model is not None else fit_noise_model(cat)
     if tuple(noise.bands) != tuple(cat.bands):
         raise ValueError(f"noise model bands {noise.bands} differ from the catalog's {cat.bands}")
-    softening = softening_from_noise(noise)
-    feats = np.asarray(make_features(jnp.asarray(cat.flux, jnp.float32), softening, colours=cfg.colours))
+    observation = make_observation(noise, cfg.limit, colours=cfg.colours, selection_width=cfg.selection_width,
+                                   feature_bands=fit_bands(cfg, cat.bands))
+    feats = np.asarray(features(observation, jnp.asarray(cat.flux, jnp.float32)))
     perm = np.random.default_rng(cfg.seed + 12345).permutation(cat.n)
     tr, va = perm[:n_train], perm[n_train:]
     stats = tuple(np.asarray(s) for s in feature_stats(feats[tr]))
     std = lambda x: jnp.asarray((x - stats[0]) / stats[1], jnp.float32)  # noqa: E731
     model = forward_model_for(cfg, cat.bands, grid=grid, bases=bases)
     tl = training_loss(cfg)
-    observation = make_observation(noise, cfg.limit, colours=cfg.colours, selection_width=cfg.selection_width, stats=stats)
+    observation = dataclasses.replace(observation, mean=jnp.asarray(stats[0], jnp.float32), std=jnp.asarray(stats[1], jnp.float32))
     fc = flow_config(cfg)
     table = ssfr_reference_table(model, fc.lo, fc.hi) if cfg.prior == "physical" else None
     if cfg.prior == "mzr+smf-colour":
@@ -394,7 +410,7 @@ def data_floor(problem: FitProblem, eps: float, seed: int = 998) -> float:
 def _observe(model, obs: Observation, theta, key):
     flux = forward.forward_fluxes(model, theta, chunk_size=16384)
     noisy, _ = noisy_fluxes(obs, flux, key)
-    return noisy, is_selected(obs, noisy)
+    return noisy, is_selected(obs, noisy, jax.random.fold_in(key, 1))  # its own key: the noise draws stay as they were
 
 
 _derived = jax.jit(forward.derived_quantities)

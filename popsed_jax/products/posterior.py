@@ -52,13 +52,28 @@ def posterior_bank(run, n: int = 200_000, prior: str = "population", seed: int =
         k = cfg.members
         draw = jax.jit(flows.sample_flow, static_argnums=(2, 3))
         per = -(-n // k)
-        theta = np.concatenate([np.asarray(draw(jax.tree_util.tree_map(lambda x: x[m], params), jax.random.PRNGKey(seed + m),
-                                                per, fc)) for m in range(k)])[:n]
+        theta = np.concatenate([_draw_in_chunks(draw, jax.tree_util.tree_map(lambda x: x[m], params), jax.random.PRNGKey(seed + m),
+                                                per, fc) for m in range(k)])[:n]
     elif prior == "plain":
         theta = fitlib.draw_reference(cfg, n, seed)
     else:
         raise ValueError(f"prior must be 'population' or 'plain', got {prior!r}")
     return bank_from_theta(model, theta, prior, float(cfg.z_range[1]), chunk)
+
+
+FLOW_CHUNK = 262_144  # flow draws per call: a 2.4-million-draw bank sampled in one call peaked at 12.8 GB
+
+
+def _draw_in_chunks(draw, params, key, n: int, fc) -> np.ndarray:
+    """n draws (n, 11) of one member's flow: in one call with ``key`` up to ``FLOW_CHUNK`` draws
+    (the draws of every bank up to that size are as they were), else in calls of ``FLOW_CHUNK``
+    draws with keys ``fold_in(key, i)``, so that memory does not grow with the bank."""
+    import jax
+
+    if n <= FLOW_CHUNK:
+        return np.asarray(draw(params, key, n, fc))
+    return np.concatenate([np.asarray(draw(params, jax.random.fold_in(key, i), FLOW_CHUNK, fc))
+                           for i in range(-(-n // FLOW_CHUNK))])[:n]
 
 
 def bank_from_theta(model, theta, prior: str, z_max: float, chunk: int = 16384) -> dict:
@@ -83,6 +98,20 @@ def bank_from_theta(model, theta, prior: str, z_max: float, chunk: int = 16384) 
     cols["log_sfr_100myr"] = log_sfr(cols["sfr_100myr"])
     out.update({q: np.asarray(cols[q], np.float64) for q in QUANTITIES})
     return out
+
+
+def _on_fitted_bands(bank: dict, fitted, obs) -> dict:
+    """The bank on the ``fitted`` bands, with ``log_prior`` (M,): the log probability that each
+    draw passes the limits on the other bands (``observation.unfitted_selection_log_probability``
+    of ``obs``; None: every band is fitted, nothing to add)."""
+    if obs is None:
+        return bank
+    from ..survey.observation import unfitted_selection_log_probability
+
+    idx = [bank["bands"].index(b) for b in fitted]
+    lp = np.concatenate([np.asarray(unfitted_selection_log_probability(obs, bank["flux"][s:s + 65536]))
+                         for s in range(0, bank["flux"].shape[0], 65536)])
+    return {**bank, "flux": bank["flux"][:, idx], "bands": tuple(fitted), "log_prior": lp.astype(np.float64)}
 
 
 def _population_params(folder, cfg, fc):
@@ -121,13 +150,15 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int | 
                       min_captured: float = 0.95):
     """Posterior summaries of every galaxy of ``catalog`` (a Catalog) given a bank from
     :func:`posterior_bank`: an astropy Table with id, z_spec (if any), for each quantity q of
-    :data:`QUANTITIES` q_median, q_p16, q_p84 and q_map (at the bank draw of highest likelihood:
-    the best-fitting draw of the population, not the posterior's mode, which would need the
-    flow's density), p(z) on a grid (``pz``: the probability in each bin, bins of meta['ZGRIDSTP']
+    :data:`QUANTITIES` q_median, q_p16, q_p84 and q_map (at the bank draw of highest likelihood
+    (times its ``log_prior``, if the bank has one): the best-fitting draw of the population, not
+    the posterior's mode, which would need the flow's density), p(z) on a grid (``pz``: the probability in each bin, bins of meta['ZGRIDSTP']
     from z = 0), ess, captured (the top-k weight fraction), chi2_best, n_bands_used, pit (NaN
     where there is no spec-z) and flag (ESS < ``min_ess``, an improbable chi2_best, no bands,
     or captured < ``min_captured``). Galaxies go in chunks of at most ``chunk``,
-    fewer where the bank is large, so that the (galaxies x bank) work arrays stay near ``mem_gb`` GiB."""
+    fewer where the bank is large, so that the (galaxies x bank) work arrays stay near ``mem_gb`` GiB.
+    A bank's optional ``log_prior`` (M,) multiplies each draw's weight by exp(log_prior): the
+    probability that it passes the survey limits on bands the likelihood does not use."""
     from astropy.table import Table
     from scipy import stats
     from tqdm.auto import tqdm
@@ -137,6 +168,7 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int | 
                          "the posterior needs the bands the population was fitted in, in that order")
     F = bank["flux"]  # (M, B)
     F2 = F**2
+    log_prior = bank.get("log_prior")
     f, e = catalog.flux, catalog.flux_err
     ok = np.isfinite(f) & np.isfinite(e) & (e > 0)
     var = np.where(ok, e**2 + (floor * np.where(ok, f, 0.0)) ** 2, np.inf)
@@ -156,6 +188,9 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int | 
         chi2 = a[sl, None] - 2.0 * fi[sl] @ F.T + ivar[sl] @ F2.T  # (g, M)
         cmin = chi2.min(1)
         logw = -0.5 * (chi2 - cmin[:, None])
+        if log_prior is not None:  # the draws' probability of passing the limits on unfitted bands
+            logw = logw + log_prior[None, :]
+            logw -= logw.max(1, keepdims=True)
         w_all = np.exp(logw)
         sw, sw2 = w_all.sum(1), (w_all**2).sum(1)
         ess[sl] = sw**2 / sw2
@@ -230,7 +265,9 @@ def posterior_catalog(run, catalog=None, out=None, *, prior: str = "population",
     further draws from the same prior added to the bank (column ``refined``); 0 switches it off."""
     import json
 
-    from ..survey.catalog import Catalog, load_catalog, sdss_bands_as
+    from ..inference import fit as fitlib
+    from ..survey.catalog import Catalog, catalog_bands, load_catalog, sdss_bands_as
+    from ..survey.observation import make_observation
     from ..survey.selection import select_catalog
     from . import plots
     from .runfolder import RunFolder
@@ -240,12 +277,17 @@ def posterior_catalog(run, catalog=None, out=None, *, prior: str = "population",
     cfg = folder.read_config()
     info = folder.read_json("run_info")
     if catalog is None:
-        cat = load_catalog(_resolve_catalog(info, folder.path))
+        cat = load_catalog(_resolve_catalog(info, folder.path), extra=cfg.selection_bands)
         cat = select_catalog(cat, cfg.limit) if cfg.limit else cat
     else:
-        cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
+        cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog, extra=cfg.selection_bands)
     cat = sdss_bands_as(cat, info["bands"])  # a run made with speclite's sdss2010 curves reads today's SDSS file
-    bank = posterior_bank(folder.path, n_bank, prior=prior, seed=seed)
+    # the likelihood uses the fitted bands only; a selection band (the SDSS sample's 2MASS Ks) enters as the
+    # probability that the galaxy was selected
+    fitted = fitlib.fit_bands(cfg, cat.bands)
+    cat = catalog_bands(cat, fitted)
+    obs = make_observation(folder.read_noise_model(), cfg.limit, feature_bands=fitted) if fitted != tuple(info["bands"]) else None
+    bank = _on_fitted_bands(posterior_bank(folder.path, n_bank, prior=prior, seed=seed), fitted, obs)
     t = galaxy_posteriors(cat, bank, floor=floor, min_ess=min_ess, progress=progress)
     t["refined"] = np.zeros(len(t), bool)
     low = np.nonzero(np.asarray(t["ess"]) < min_ess)[0]
@@ -253,7 +295,8 @@ def posterior_catalog(run, catalog=None, out=None, *, prior: str = "population",
         from ..survey.catalog import catalog_subset
 
         # member m of the first bank drew with key seed + m: the extra draws start past them
-        more = posterior_bank(folder.path, refine * n_bank, prior=prior, seed=seed + max(int(cfg.members), 1))
+        more = _on_fitted_bands(posterior_bank(folder.path, refine * n_bank, prior=prior, seed=seed + max(int(cfg.members), 1)),
+                                fitted, obs)
         big = {k: (np.concatenate([bank[k], more[k]]) if isinstance(bank[k], np.ndarray) else bank[k]) for k in bank}
         keep = np.zeros(cat.n, bool)
         keep[low] = True

@@ -7,6 +7,7 @@ writes and reads (a :class:`~popsed_jax.products.runfolder.RunFolder`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from ..inference import fit as fitlib
 from ..inference.config import FLAG_RATIO, FitConfig
 from ..physics.params import with_log_sfr
 from ..physics.photometry import flux_to_mag
-from ..survey.catalog import Catalog, default_sdss_path, is_shipped_sdss, load_catalog
+from ..survey.catalog import SHIPPED_SDSS_SELECTION, Catalog, default_sdss_path, is_shipped_sdss, load_catalog
 from ..survey.noise import load_noise_model
 from ..survey.observation import make_observation
 from ..survey.selection import select_catalog
@@ -221,8 +222,8 @@ def run_fit(catalog, cfg: FitConfig | None = None, out="runs/fit", resume=False,
     this with the same arguments; the members are trained over all processes' devices and only
     process 0 writes ``out`` (docs/distributed.md). The other processes return samples None.
     """
-    cfg = cfg or FitConfig()
-    cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
+    cfg = survey_selection(catalog, cfg or FitConfig())
+    cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog, extra=cfg.selection_bands)
     noise = load_noise_model(noise_model) if noise_model else None
     problem = fitlib.prepare(cat, cfg, noise)
     info = catalog_identity(catalog, cat)
@@ -234,6 +235,20 @@ def run_fit(catalog, cfg: FitConfig | None = None, out="runs/fit", resume=False,
         res = train(problem, folder, resume=resume, progress=progress, fail_at=fail_at)
         res["samples"] = write_products(problem, cat, folder, res, n_samples)
     return res
+
+
+def survey_selection(catalog, cfg: FitConfig) -> FitConfig:
+    """``cfg`` with the shipped SDSS sample's own selection (r < 17.77 and 2MASS-detected,
+    ``SHIPPED_SDSS_SELECTION``) when ``catalog`` names that sample ('sdss', 'sdss+2mass') and
+    ``cfg`` leaves ``limit`` and ``selection_bands`` at their defaults; else ``cfg`` itself."""
+    default = FitConfig()
+    if (isinstance(catalog, str) and is_shipped_sdss(catalog) and cfg.limit == default.limit
+            and tuple(cfg.selection_bands) == tuple(default.selection_bands)):
+        sel = dict(SHIPPED_SDSS_SELECTION)
+        if str(catalog).lower() == "sdss+2mass":  # its Ks is fitted already
+            sel["selection_bands"] = ()
+        return dataclasses.replace(cfg, **sel)
+    return cfg
 
 
 def _start_run(folder: RunFolder, problem, cat, info, resume, overwrite, force):

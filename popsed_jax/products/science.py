@@ -32,7 +32,7 @@ import numpy as np
 from scipy import stats
 
 from ..physics import forward
-from ..survey.selection import band_index, parse_limit, select_catalog
+from ..survey.selection import band_index, parse_limits, select_catalog
 from . import plots
 from ..survey.catalog import is_shipped_sdss
 from ..physics.params import LOG_SSFR_FLOOR, SFR_FLOOR, log_sfr
@@ -324,10 +324,10 @@ def vmax_smf(samples, model, limit: str, z_range, n_catalog: int, area_deg2: flo
     logm = _quantity(cols, "logM_surviving")
     z_lo, z_hi = float(z_range[0]), float(z_range[1])
     if z_max is None:
-        band, lim = parse_limit(limit, model.bands)
-        k = band_index(model.bands, band)
         theta = forward.theta_from_columns(cols)[sel]
-        z_max = zmax_forward(model, theta, k, lim, (z_lo, z_hi), n_z=n_z, chunk=chunk)
+        # every limit (a completeness at its 50% point): the nearest z at which one fails
+        z_max = np.min([zmax_forward(model, theta, band_index(model.bands, band), lim, (z_lo, z_hi), n_z=n_z, chunk=chunk)
+                        for band, lim, _ in parse_limits(limit, model.bands)], axis=0)
     z_max = np.clip(np.asarray(z_max, float), z_lo, z_hi)
     if z_max.shape != (int(sel.sum()),):
         raise ValueError(f"z_max has shape {z_max.shape}, expected ({int(sel.sum())},) (one per selected sample)")
@@ -460,7 +460,7 @@ def make_science_products(run, catalog=None, area_deg2: float | None = None, out
         if "catalog" not in info:
             raise FileNotFoundError(f"{folder['run_info']} (naming the fitted catalog) not found: pass catalog=")
         catalog = _resolve_catalog(info, run)
-    cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
+    cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog, extra=cfg.selection_bands)
     cat_name = "Catalog object" if isinstance(catalog, Catalog) else str(catalog)
     obs = select_catalog(cat, cfg.limit) if cfg.limit else cat
     out = RunFolder(out if out is not None else run).create()

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 import json
 import os
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -432,6 +433,16 @@ def _scalar(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
+def catalog_bands(cat: Catalog, bands) -> Catalog:
+    """`cat` with only the columns of ``bands`` (names of its bands), in that order."""
+    missing = [b for b in bands if b not in cat.bands]
+    if missing:
+        raise CatalogError(f"band(s) {missing} not in the catalog's {list(cat.bands)}")
+    idx = [cat.bands.index(b) for b in bands]
+    return dataclasses.replace(cat, flux=cat.flux[:, idx], flux_err=cat.flux_err[:, idx], bands=tuple(bands),
+                               extinction=None if cat.extinction is None else cat.extinction[:, idx])
+
+
 def catalog_subset(cat: Catalog, keep, reason: str | None = None) -> Catalog:
     """Rows of `cat` where boolean (N,) `keep` is True (or integer indices).
 
@@ -663,18 +674,63 @@ def format_summary(d: dict) -> str:
 #: names of the shipped SDSS main sample: ugriz, or ugriz + its 2MASS J, H, Ks (rows lacking one dropped)
 SHIPPED_SDSS = {"sdss": (), "sdss+2mass": ("twomass-J", "twomass-H", "twomass-Ks")}
 
+#: The shipped SDSS sample's selection. Every row of the file has 2MASS photometry: it is the SDSS
+#: main sample (r < 17.77) AND detected in the 2MASS extended source catalog, so it is not
+#: r-limited: its r counts fall from 4,700 per mag at r = 17.0-17.3 to 1,300 per mag at
+#: 17.65-17.77 where an r-limited sample's rise (and blue galaxies, faint in Ks, nearly vanish
+#: there: 4 of 9,825). Its Ks counts end at a sharp edge: fitted (:func:`detection_edge`) as
+#: exp(a Ks) times a logistic completeness, the edge is at dereddened Ks_AB = 15.91 (Vega
+#: 14.06), 0.10 mag wide, in the *noisy* Ks (median S/N 4.5 there), which explains the counts
+#: better than a J (width 0.14) or H (0.18) edge does. A fit that simulates only r < 17.77 must
+#: reproduce this sample's flux distribution by bending the population instead. So the shipped
+#: sample is fitted with Ks simulated and noised, and a simulated galaxy detected with that
+#: logistic's probability (a completeness clause, ``selection.parse_limits``; the file is not cut
+#: on it), but Ks is not in the loss; a limit given by the user replaces this.
+SHIPPED_SDSS_SELECTION = dict(limit="r<17.77 & twomass-Ks<15.90~0.10", selection_bands=("twomass-Ks",))
+
+
+def detection_edge(mags, lo: float = 8.0, hi: float = 20.0) -> dict:
+    """Where the counts of a detected sample stop: maximum-likelihood fit of the magnitudes
+    (N,) [mag] with the density exp(slope m) sigmoid((m_lim - m) / width) on [lo, hi]:
+    {"m_lim", "width", "slope"} (the logistic's midpoint and scale [mag], and the counts' slope
+    [ln per mag]). Used to find the 2MASS detection limit of the shipped SDSS sample."""
+    from scipy.optimize import minimize
+
+    m = np.asarray(mags, float)
+    m = m[np.isfinite(m) & (m > lo) & (m < hi)]
+    if m.size < 50:
+        raise ValueError(f"detection_edge needs at least 50 finite magnitudes in ({lo}, {hi}), got {m.size}")
+    grid = np.linspace(lo, hi, 4001)
+
+    def logpdf(p, x):
+        slope, m_lim, lw = p
+        return slope * x - np.logaddexp(0.0, -(m_lim - x) / np.exp(lw))
+
+    def nll(p):
+        g = logpdf(p, grid)
+        top = g.max()
+        return -(np.sum(logpdf(p, m)) - m.size * (top + np.log(np.trapezoid(np.exp(g - top), grid))))
+
+    res = minimize(nll, [1.0, float(np.percentile(m, 90)), np.log(0.2)], method="Nelder-Mead",
+                   options=dict(maxiter=4000, xatol=1e-6, fatol=1e-6))
+    slope, m_lim, lw = res.x
+    return {"m_lim": float(m_lim), "width": float(np.exp(lw)), "slope": float(slope)}
+
 
 def is_shipped_sdss(name) -> bool:
     return name is None or str(name).lower() in SHIPPED_SDSS
 
 
-def load_catalog(path, sdss: bool = False) -> Catalog:
+def load_catalog(path, sdss: bool = False, extra=()) -> Catalog:
     """Read a catalog file in any supported form: 'sdss' (or None) for the shipped SDSS
     main sample in ugriz, 'sdss+2mass' for it with its 2MASS J, H, Ks, the SDSS kcorrect
     format (auto-detected by its MODELFLUX column), or a file written by
-    :func:`write_catalog` (a ``popsed-jax mock`` output included)."""
+    :func:`write_catalog` (a ``popsed-jax mock`` output included). extra: bands to add to the
+    SDSS file's (e.g. a fit's ``selection_bands``, ``('twomass-Ks',)``; bands it has already are
+    not added twice); other catalogs must hold them already (a fit says which it lacks)."""
     if is_shipped_sdss(path):
-        return read_sdss_main(extra=SHIPPED_SDSS["sdss" if path is None else str(path).lower()])
+        base = SHIPPED_SDSS["sdss" if path is None else str(path).lower()]
+        return read_sdss_main(extra=base + tuple(b for b in extra if b not in base))
     if not Path(path).exists():
         raise CatalogError(f"catalog file not found: {path}")
     if not sdss:
@@ -687,4 +743,4 @@ def load_catalog(path, sdss: bool = False) -> Catalog:
         else:
             kw = {"path": "catalog"} if fmt == "hdf5" else {}
             sdss = "MODELFLUX" in Table.read(path, format=fmt, **kw).colnames
-    return read_sdss_main(path) if sdss else read_catalog(path)
+    return read_sdss_main(path, extra=tuple(extra)) if sdss else read_catalog(path)

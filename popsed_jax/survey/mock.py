@@ -579,8 +579,15 @@ def draw_mock(n=None, seed=0, filters=SDSS_UGRIZ, noise_model=None, limit="r<17.
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
 
-    def select(noisy):
-        return np.asarray(is_selected(obs, noisy))
+    completeness = any(w is not None for *_, w in obs.limits)
+    sel_key = jax.random.fold_in(key, 7)
+
+    def select(noisy):  # completeness limits drawn with their own keys; without them the draws are as they were
+        nonlocal sel_key
+        if not completeness:
+            return np.asarray(is_selected(obs, noisy))
+        sel_key, k = jax.random.split(sel_key)
+        return np.asarray(is_selected(obs, noisy, k))
 
     t_start = time.perf_counter()
     info = dict(seed=seed, limit=limit, rounds=0, n_drawn=0, n_forward=0)

@@ -15,7 +15,7 @@ from .catalog import Catalog, catalog_subset
 from .features import asinh_mag
 
 __all__ = [
-    "parse_limit", "band_index", "hard_selection", "soft_selection_weights",
+    "parse_limit", "parse_limits", "band_index", "hard_selection", "soft_selection_weights",
     "soft_selection_log_weights", "select_catalog",
 ]
 
@@ -56,6 +56,31 @@ def parse_limit(text: str, bands=None):
     return filter_names()[band_index(filter_names(), name)], lim
 
 
+_CLAUSE_RE = re.compile(
+    r"^\s*(.+?)\s*~\s*(\d+(\.\d*)?([eE][-+]?\d+)?)\s*$")
+
+
+def parse_limits(text: str, bands=None) -> list:
+    """Parse a survey selection of one or more limits joined by '&', every one of which a galaxy
+    must pass: 'r<17.77 & twomass-Ks<15.90~0.10' -> [('sdss2001-r', 17.77, None),
+    ('twomass-Ks', 15.9, 0.1)] (each clause as :func:`parse_limit`). A clause ending in '~w' is
+    a completeness, not a cut: a galaxy passes it with probability sigmoid((limit - m) / w)
+    (w [mag] > 0), as a detection does at low S/N; catalogs are not cut on it (they already went
+    through it), simulations draw it (:func:`survey.observation.is_selected` with a key)."""
+    clauses = str(text).split("&")
+    if any(not c.strip() for c in clauses):
+        raise ValueError(f"cannot parse selection {text!r}: an empty clause around '&' "
+                         "(expected e.g. 'r<17.77 & twomass-Ks<15.90~0.10')")
+    out = []
+    for c in clauses:
+        m = _CLAUSE_RE.match(c)
+        width = float(m.group(2)) if m else None
+        if width is not None and not width > 0:
+            raise ValueError(f"cannot parse selection {text!r}: the completeness width of {c.strip()!r} must be > 0 mag")
+        out.append((*parse_limit(m.group(1) if m else c, bands), width))
+    return out
+
+
 def hard_selection(flux, band_index, mag_lim):
     """Boolean (N,) mask: AB mag in band `band_index` < mag_lim (flux <= 0 never)."""
     flux = jnp.asarray(flux)
@@ -85,13 +110,18 @@ def soft_selection_log_weights(flux, band_index, mag_lim, width=0.05):
 
 
 def select_catalog(cat: Catalog, limit: str) -> Catalog:
-    """Apply a hard limit such as 'r<17.77' to `cat` (ValueError if it selects nothing)."""
-    band, lim = parse_limit(limit, cat.bands)
-    k = cat.bands.index(band)
-    mask = np.asarray(hard_selection(cat.flux, k, lim))
-    if not mask.any():
-        brightest = float(flux_to_mag(np.max(cat.flux[:, k])))
-        raise ValueError(
-            f"empty selection: {limit!r} ({band} < {lim}) selects 0 of {cat.n} objects; "
-            f"the brightest {band} magnitude is {brightest:.3f}")
-    return catalog_subset(cat, mask, reason=f"selection: not {band} < {lim}")
+    """Apply a hard selection such as 'r<17.77' or 'r<17.77 & twomass-Ks<15.90~0.10' to `cat`:
+    every cut must hold; completeness clauses ('~w') are not applied (the catalog already went
+    through them). A ValueError naming the limit if a cut selects nothing."""
+    for band, lim, width in parse_limits(limit, cat.bands):
+        if width is not None:
+            continue
+        k = cat.bands.index(band)
+        passes = np.asarray(hard_selection(cat.flux, k, lim))
+        if not passes.any():
+            brightest = float(flux_to_mag(np.max(cat.flux[:, k])))
+            raise ValueError(
+                f"empty selection: {limit!r} ({band} < {lim}) selects 0 of {cat.n} objects; "
+                f"the brightest {band} magnitude is {brightest:.3f}")
+        cat = catalog_subset(cat, passes, reason=f"selection: not {band} < {lim}")
+    return cat

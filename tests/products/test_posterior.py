@@ -98,3 +98,23 @@ def test_broad_posteriors_are_flagged_and_galaxies_without_spec_z_get_no_pit(fwd
     np.testing.assert_allclose(small["flux"], whole["flux"], rtol=1e-5)
     for q in ("age_mw", "logM_surviving", "log_sfr_100myr"):
         np.testing.assert_allclose(small[q], whole[q], rtol=1e-5, atol=1e-6, err_msg=q)
+
+
+def test_a_bank_s_log_prior_weighs_its_draws(fwd):
+    """Draws with log_prior = -60 (a galaxy that would not have been selected) carry no weight:
+    the posterior is that of the other draws alone; a constant log_prior changes nothing."""
+    rng = np.random.default_rng(4)
+    th = np.tile(BASE, (4000, 1))
+    th[:, 0] = rng.uniform(0.02, 0.25, 4000)
+    th[:, 1] = rng.uniform(10.0, 11.5, 4000)
+    bank = bank_from_theta(fwd, th, "population", 0.3)
+    near = th[:, 0] < 0.12
+    cat = _observe(fwd, th[near][:20], rng)  # galaxies the near draws can fit
+    only = {k: (v[near] if isinstance(v, np.ndarray) and v.shape[:1] == (4000,) else v) for k, v in bank.items()}
+    cut = dict(bank, log_prior=np.where(near, 0.0, -60.0))
+    a = galaxy_posteriors(cat, cut, progress=False)
+    b = galaxy_posteriors(cat, only, progress=False)
+    np.testing.assert_allclose(np.asarray(a["z_median"]), np.asarray(b["z_median"]), rtol=1e-6)
+    assert np.all(np.asarray(a["z_p84"]) <= 0.12 + 1e-9)
+    c = galaxy_posteriors(cat, dict(bank, log_prior=np.full(4000, -3.0)), progress=False)
+    np.testing.assert_allclose(np.asarray(c["z_median"]), np.asarray(galaxy_posteriors(cat, bank, progress=False)["z_median"]))

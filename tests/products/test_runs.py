@@ -17,6 +17,7 @@ from popsed_jax.inference import fit as fitlib
 from popsed_jax.inference.config import FitConfig
 from popsed_jax.products import runs
 from popsed_jax.products.runfolder import RunFolder
+from popsed_jax.products.runs import survey_selection
 from popsed_jax.survey.catalog import read_sdss_main
 
 TINY = dict(steps=12, n_sim=256, batch_obs=256, n_val=256, val_every=4, checkpoint_every=4, flow_layers=2, flow_hidden=16, flow_bins=8)
@@ -130,16 +131,43 @@ def test_run_fit_end_to_end_tiny(tmp_path):
                 "ppc_plot", "corner"):
         assert folder.exists(key), key
     assert [c.name for c in folder.checkpoints()] == ["step_0000003.msgpack", "step_0000006.msgpack"]
-    assert folder.read_config() == cfg
+    # the shipped sample is fitted with its own selection (r < 17.77 and 2MASS-detected), saved as the run's
+    assert folder.read_config() == survey_selection("sdss", cfg) != cfg
     s = res["summary"]
     assert s["steps"] == 6 and np.all(np.isfinite(s["val_divergence"])) and s["data_floor"] > 0
     tab = folder.read_samples()
     assert len(tab) == 600 and set(pj.PARAM_NAMES) <= set(tab.colnames)
-    assert {"selected", "member", "logM_surviving", "flux_sdss2001-r"} <= set(tab.colnames)
+    assert {"selected", "member", "logM_surviving", "flux_sdss2001-r", "flux_twomass-Ks"} <= set(tab.colnames)
     np.testing.assert_array_equal(np.asarray(tab["z"]), np.asarray(res["samples"]["z"]))
     again = pj.run_fit("sdss", cfg, tmp_path / "run", resume=True, n_samples=600, progress=False)
     np.testing.assert_array_equal(np.asarray(again["samples"]["logM"]), np.asarray(tab["logM"]))
     np.testing.assert_array_equal(np.asarray(again["samples"]["flux_sdss2001-r"]), np.asarray(tab["flux_sdss2001-r"]))
+    # every galaxy's posterior from the run folder: the fitted bands only (Ks served the selection)
+    from popsed_jax.products import posterior
+
+    gal, metrics = posterior.posterior_catalog(tmp_path / "run", n_bank=3000, refine=0, progress=False)
+    assert gal.meta["BANDS"] == ",".join(f"sdss2001-{b}" for b in "ugriz") and len(gal) > 9000
+    assert np.all(np.isfinite(gal["z_median"])) and metrics is not None
+
+
+def test_large_posterior_banks_are_drawn_from_the_flow_in_chunks(monkeypatch):
+    """Up to FLOW_CHUNK draws a member's bank is one call with its key (the banks of before); above
+    it, calls of FLOW_CHUNK draws with folded keys: the right number of draws, none repeated."""
+    import jax
+
+    from popsed_jax.inference import flows
+    from popsed_jax.products import posterior
+
+    fc = fitlib.flow_config(FitConfig(**TINY))
+    params = flows.init_flow(jax.random.PRNGKey(0), fc)
+    draw = jax.jit(flows.sample_flow, static_argnums=(2, 3))
+    key = jax.random.PRNGKey(5)
+    one = posterior._draw_in_chunks(draw, params, key, 300, fc)
+    np.testing.assert_array_equal(one, np.asarray(draw(params, key, 300, fc)))
+    monkeypatch.setattr(posterior, "FLOW_CHUNK", 128)
+    many = posterior._draw_in_chunks(draw, params, key, 300, fc)
+    assert many.shape == (300, 11) and np.unique(many[:, 0]).size == 300
+    np.testing.assert_array_equal(many[:128], np.asarray(draw(params, jax.random.fold_in(key, 0), 128, fc)))
 
 
 def test_old_run_config_reads_as_it_was_fitted(tmp_path):
