@@ -67,7 +67,7 @@ def _z_range(v):
 
 
 def _limit(v):
-    return None if v is None or isinstance(v, str) else "must be a string such as 'r<17.77' or 'r<17.77 & twomass-Ks<15.92', or null"
+    return None if v is None or isinstance(v, str) else "must be a string such as 'r<17.77' or 'r<17.77 & twomass-Ks<15.80~0.14', or null"
 
 
 def _band_names(v):
@@ -98,7 +98,7 @@ class FitConfig:
     val_loss: str = _f("sinkhorn", "Validation", "validation divergence and data floor (at the final blur)",
                        _one_of("sinkhorn", "sliced"))
     limit: str | None = _f("r<17.77", "Survey and data",
-                           "survey magnitude limit(s), all of which a galaxy passes: 'r<17.77', 'r<17.77 & twomass-Ks<15.92' "
+                           "survey magnitude limit(s), all of which a galaxy passes: 'r<17.77', 'r<17.77 & twomass-Ks<15.80~0.14' "
                            "(AB). `popsed-jax fit sdss` sets the shipped sample's own selection, r < 17.77 and 2MASS-detected "
                            "(survey.catalog.SHIPPED_SDSS_SELECTION), when limit and selection_bands are left at their defaults",
                            _limit)

@@ -93,12 +93,17 @@ def test_selection_band_stays_out_of_the_features(sdss_ks):
 
 def test_shipped_ks_limit_is_the_edge_of_the_file_s_counts(sdss_ks):
     """The shipped completeness (SHIPPED_SDSS_SELECTION) is the edge the file's own Ks counts
-    show: refitted here from the data, midpoint within 0.02 mag and width within 0.02 mag."""
+    show (refitted here from the data: midpoint and width within 0.02 mag), less the light
+    2MASS misses, in the model's total Ks."""
     r_sel = selection.select_catalog(sdss_ks, "r<17.77")
     edge = C.detection_edge(photometry.flux_to_mag(r_sel.flux[:, 5]))
+    assert abs(edge["m_lim"] - C.TWOMASS_KS_EDGE) < 0.02 and abs(edge["width"] - C.TWOMASS_KS_WIDTH) < 0.02, edge
     (band, lim, width), = [c for c in selection.parse_limits(C.SHIPPED_SDSS_SELECTION["limit"], sdss_ks.bands)
                            if c[0] == "twomass-Ks"]
-    assert abs(edge["m_lim"] - lim) < 0.02 and abs(edge["width"] - width) < 0.02, edge
+    assert lim == pytest.approx(C.TWOMASS_KS_EDGE - C.TWOMASS_KS_MISSED_MAG)
+    # widened by the 2MASS scatter: a logistic of that width has the variance of the two together
+    assert (width * np.pi / np.sqrt(3)) ** 2 == pytest.approx((C.TWOMASS_KS_WIDTH * np.pi / np.sqrt(3)) ** 2
+                                                              + C.TWOMASS_KS_SCATTER**2, rel=0.1)
     # and the sample is not r-limited: its counts per mag fall toward r = 17.77 (an r-limited one's rise)
     r = photometry.flux_to_mag(r_sel.flux[:, 2])
     assert np.sum((r > 17.5) & (r < 17.77)) / 0.27 < 0.7 * np.sum((r > 17.0) & (r < 17.3)) / 0.3
