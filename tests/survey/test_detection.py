@@ -149,3 +149,39 @@ def test_selection_probability_of_an_unfitted_band_matches_noisy_draws(sdss_ks):
     assert p[0] > 0.9 and p[-1] < 0.1
     r_only = make_observation(nm, "r<17.77", feature_bands=UGRIZ)
     assert np.all(np.asarray(unfitted_selection_log_probability(r_only, jnp.asarray(flux, jnp.float32))) == 0)
+
+
+def test_a_mock_draws_the_completeness(sdss_ks):
+    """draw_mock with a completeness clause: every returned galaxy passes the cut, and the share
+    of galaxies passing the Ks completeness is its logistic's expectation over their noisy Ks (to
+    0.02); the clause's draws are reproducible with the seed."""
+    from popsed_jax.physics.forward import PARAM_BOUNDS, PARAM_NAMES
+    from popsed_jax.survey.mock import draw_mock
+
+    nm = noise.fit_noise_model(sdss_ks)
+    rng = np.random.default_rng(2)
+    n = 3000
+    lo = np.array([PARAM_BOUNDS[p][0] for p in PARAM_NAMES])
+    hi = np.array([PARAM_BOUNDS[p][1] for p in PARAM_NAMES])
+    th = lo + (hi - lo) * rng.random((n, lo.size))
+    th[:, 0] = rng.uniform(0.02, 0.12, n)
+    th[:, 1] = rng.uniform(9.8, 11.2, n)
+    from astropy.table import Table
+
+    params = Table(th, names=PARAM_NAMES)
+    kw = dict(filters=sdss_ks.bands, noise_model=nm, params_table=params, return_all=True, seed=3)
+    t = draw_mock(limit="r<17.77 & Ks<15.80~0.14", **kw)
+    sel = np.asarray(t["selected"], bool)
+    r = photometry.flux_to_mag(np.asarray(t["flux_sdss2001-r"]))
+    assert np.all(r[sel] < 17.77)
+    passed_r = r < 17.77
+    # the completeness of each noisy Ks (an asinh magnitude: some noisy fluxes are <= 0)
+    f_ks = jnp.asarray(np.asarray(t["flux_twomass-Ks"])[passed_r, None], jnp.float32)
+    expect = np.asarray(selection.soft_selection_weights(f_ks, 0, 15.80, 0.14))
+    assert 100 < passed_r.sum() and abs(sel[passed_r].mean() - expect.mean()) < 0.02
+    # a completeness, not a cut: some fainter than the limit pass, some brighter do not
+    with np.errstate(invalid="ignore"):
+        ks = photometry.flux_to_mag(np.asarray(t["flux_twomass-Ks"]))
+    assert sel[passed_r & (ks > 15.95)].any() and not sel[passed_r & (ks < 15.65)].all()
+    again = draw_mock(limit="r<17.77 & Ks<15.80~0.14", **kw)
+    np.testing.assert_array_equal(np.asarray(again["selected"]), sel)
