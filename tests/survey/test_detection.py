@@ -47,12 +47,12 @@ def test_select_catalog_cuts_every_limit_but_not_a_completeness(sdss_ks):
     assert selection.select_catalog(sdss_ks, "r<17.5 & Ks<15.5~0.1").n == int(np.sum(r < 17.5))
 
 
-def test_completeness_draws_follow_the_logistic():
+def test_completeness_draws_follow_the_logistic(sdss_ks):
     n = 200_000
     mags = np.linspace(15.0, 16.8, n)
     flux = np.ones((n, 2)) * photometry.mag_to_flux(17.0)
     flux[:, 1] = photometry.mag_to_flux(mags)
-    obs = make_observation(_noise(("sdss2001-r", "twomass-Ks")), "r<17.77 & Ks<15.9~0.1")
+    obs = make_observation(noise.fit_noise_model(C.catalog_bands(sdss_ks, ("sdss2001-r", "twomass-Ks"))), "r<17.77 & Ks<15.9~0.1")
     sel = np.asarray(is_selected(obs, jnp.asarray(flux, jnp.float32), jax.random.PRNGKey(3)))
     for m0 in (15.6, 15.9, 16.1):
         near = np.abs(mags - m0) < 0.02
@@ -65,12 +65,6 @@ def test_completeness_draws_follow_the_logistic():
     logw = np.asarray(selection_log_weights(obs, jnp.asarray(flux, jnp.float32)))
     expect = -np.logaddexp(0, -(15.9 - mags) / 0.1) - np.logaddexp(0, -(17.77 - 17.0) / 0.05)
     assert np.max(np.abs(logw - expect)[mags < 16.5]) < 5e-3  # asinh vs Pogson mags, < 0.0004 mag here
-
-
-def _noise(bands):
-    """A noise model of the shipped SDSS file for ``bands`` (names of it)."""
-    cat = C.load_catalog("sdss", extra=("twomass-Ks",))
-    return noise.fit_noise_model(C.catalog_bands(cat, bands))
 
 
 def test_selection_band_stays_out_of_the_features(sdss_ks):
