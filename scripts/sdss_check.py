@@ -10,7 +10,7 @@ z box; median z of blue and red galaxies (observed g - r < 0.75 / >= 0.75, the s
 population samples and catalog galaxies); median stellar-mass offset against kcorrect
 overall and in z slices [dex]; median log Z/Zsun of the population at 10 < log M* < 11
 against Gallazzi et al. (2005) at the same masses; share of samples below BC03's lowest
-metallicity.
+metallicity; and which of issue 16's seven goals the run meets (`goals`, below).
 """
 from __future__ import annotations
 
@@ -64,7 +64,25 @@ def scorecard(run) -> dict:
     out["median_logZ_10_11"] = float(np.median(logz[mid]))
     out["median_logZ_10_11_gallazzi05"] = float(np.median(gallazzi05_mzr(lm[mid])[1]))
     out["frac_logZ_below_grid"] = float(np.mean(np.asarray(tab["logZ"])[sel] < BC03_LOGZ_MIN))
+    out["goals"] = goals(out)
     return out
+
+
+def goals(r: dict) -> dict:
+    """Issue 16's seven real-data goals -> {name: met?}: val/floor <= 1.5 (on every validation
+    entry), n(z) W1 <= 0.008, median z within 0.005 of spec, blue and red medians each within
+    0.01 of theirs, stellar masses within 0.1 dex of kcorrect's overall and in every z slice,
+    median logZ at 10 < log M* < 11 within 0.2 dex of Gallazzi et al. (2005)."""
+    masses = [r.get("mass_offset_all", np.nan), *r.get("mass_offset_slices", {}).values()]
+    return {
+        "val_floor": bool(max(r["val_over_floor"]) <= 1.5),
+        "nz_w1": bool(r["nz_w1"] <= 0.008),
+        "median_z": bool(abs(r["median_z"] - r["median_z_spec"]) <= 0.005),
+        "blue_z": bool(abs(r["median_z_blue"] - r["median_z_blue_spec"]) <= 0.01),
+        "red_z": bool(abs(r["median_z_red"] - r["median_z_red_spec"]) <= 0.01),
+        "masses": bool(np.all(np.abs(masses) <= 0.1)),
+        "logZ": bool(abs(r["median_logZ_10_11"] - r["median_logZ_10_11_gallazzi05"]) <= 0.2),
+    }
 
 
 def main():
@@ -81,7 +99,8 @@ def main():
               f"blue {r['median_z_blue']:.4f} (spec {r['median_z_blue_spec']:.4f}), red {r['median_z_red']:.4f} "
               f"(spec {r['median_z_red_spec']:.4f}); mass offset {r.get('mass_offset_all', float('nan')):+.3f} [{slices}]; "
               f"logZ(10-11) {r['median_logZ_10_11']:+.2f} (G05 {r['median_logZ_10_11_gallazzi05']:+.2f}); "
-              f"logZ below grid {r['frac_logZ_below_grid']:.3f}")
+              f"logZ below grid {r['frac_logZ_below_grid']:.3f}; "
+              f"goals {sum(r['goals'].values())}/7 (missed: {', '.join(k for k, v in r['goals'].items() if not v) or 'none'})")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)

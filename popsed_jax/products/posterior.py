@@ -54,11 +54,27 @@ def posterior_bank(run, n: int = 200_000, prior: str = "population", seed: int =
         per = -(-n // k)
         theta = np.concatenate([_draw_in_chunks(draw, jax.tree_util.tree_map(lambda x: x[m], params), jax.random.PRNGKey(seed + m),
                                                 per, fc) for m in range(k)])[:n]
+        log_q = _pooled_log_density(params, theta, fc)
     elif prior == "plain":
         theta = fitlib.draw_reference(cfg, n, seed)
+        log_q = np.asarray(flows.log_reference_density(np.asarray(theta, np.float64), fc))
     else:
         raise ValueError(f"prior must be 'population' or 'plain', got {prior!r}")
-    return bank_from_theta(model, theta, prior, float(cfg.z_range[1]), chunk)
+    return {**bank_from_theta(model, theta, prior, float(cfg.z_range[1]), chunk), "log_q": np.asarray(log_q, np.float64)}
+
+
+def _pooled_log_density(params, theta, fc, chunk: int = 65536) -> np.ndarray:
+    """log of the pooled population's density at theta (M, 11): the equal-share mixture of the
+    members' flows, log (1/K) sum_m q_m(theta), in chunks of draws."""
+    import jax
+    from jax.scipy.special import logsumexp
+
+    from ..inference import flows
+
+    f = jax.jit(lambda p, th: logsumexp(jax.vmap(flows.log_prob_flow, in_axes=(0, None, None))(p, th, fc), axis=0)
+                - np.log(jax.tree_util.tree_leaves(p)[0].shape[0]))
+    th = np.asarray(theta, np.float32)
+    return np.concatenate([np.asarray(f(params, th[s:s + chunk])) for s in range(0, th.shape[0], chunk)]).astype(np.float64)
 
 
 FLOW_CHUNK = 262_144  # flow draws per call: a 2.4-million-draw bank sampled in one call peaked at 12.8 GB
@@ -150,9 +166,10 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int | 
                       min_captured: float = 0.95):
     """Posterior summaries of every galaxy of ``catalog`` (a Catalog) given a bank from
     :func:`posterior_bank`: an astropy Table with id, z_spec (if any), for each quantity q of
-    :data:`QUANTITIES` q_median, q_p16, q_p84 and q_map (at the bank draw of highest likelihood
-    (times its ``log_prior``, if the bank has one): the best-fitting draw of the population, not
-    the posterior's mode, which would need the flow's density), p(z) on a grid (``pz``: the probability in each bin, bins of meta['ZGRIDSTP']
+    :data:`QUANTITIES` q_median, q_p16, q_p84 and q_map (at the bank draw of highest posterior
+    density q(theta) x selection probability x likelihood, when the bank carries the prior's
+    density ``log_q`` (M,); without it, at the draw of highest likelihood x selection
+    probability; meta MAPDEF says which), p(z) on a grid (``pz``: the probability in each bin, bins of meta['ZGRIDSTP']
     from z = 0), ess, captured (the top-k weight fraction), chi2_best, n_bands_used, pit (NaN
     where there is no spec-z) and flag (ESS < ``min_ess``, an improbable chi2_best, no bands,
     or captured < ``min_captured``). Galaxies go in chunks of at most ``chunk``,
@@ -169,6 +186,7 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int | 
     F = bank["flux"]  # (M, B)
     F2 = F**2
     log_prior = bank.get("log_prior")
+    log_q = bank.get("log_q")  # the prior's density at each draw: the posterior's density is q x weight
     f, e = catalog.flux, catalog.flux_err
     ok = np.isfinite(f) & np.isfinite(e) & (e > 0)
     var = np.where(ok, e**2 + (floor * np.where(ok, f, 0.0)) ** 2, np.inf)
@@ -199,7 +217,7 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int | 
         captured[sl] = w.sum(1) / sw
         w /= w.sum(1, keepdims=True)
         chi2_best[sl] = cmin
-        best = idx[np.arange(idx.shape[0]), np.argmax(w, 1)]
+        best = idx[np.arange(idx.shape[0]), np.argmax(w, 1)] if log_q is None else np.argmax(logw + log_q[None, :], 1)
         for q in QUANTITIES:
             x = bank[q][idx]
             p16, p50, p84 = _weighted_quantiles(x, w, (0.16, 0.5, 0.84))
@@ -230,28 +248,42 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int | 
         t["pit"] = pit
     t["flag"] = flag
     t.meta.update(PRIOR=bank["prior"], NBANK=int(m), FLOOR=floor, TOPK=int(k), MINESS=min_ess, CHI2P=chi2_p, MINCAPT=min_captured,
+                  MAPDEF="likelihood" if log_q is None else "posterior density",
                   ZGRIDLO=0.0, ZGRIDSTP=Z_GRID_STEP, BANDS=",".join(bank["bands"]))
     return t
 
 
-def photoz_metrics(t, outlier: float = 0.05, pit_bins: int = 10) -> dict:
+PHOTOZ_SLICES = (0.0, 0.03, 0.06, 0.10, 0.15, np.inf)  # spec-z slices of photoz_metrics' "slices"
+
+
+def photoz_metrics(t, outlier: float = 0.05, pit_bins: int = 10, slices=PHOTOZ_SLICES) -> dict:
     """Photo-z against spec-z of a posterior table: NMAD = 1.48 median |dz - median dz| / (1+z)
     (dz = z_median - z_spec), median bias dz/(1+z), outlier fraction |dz|/(1+z) > ``outlier``,
     the PIT histogram (``pit_bins`` bins) and its departure from uniform (max |h/uniform - 1|
-    and the KS distance), over galaxies with a spec-z; flagged galaxies included and counted."""
+    and the KS distance), over galaxies with a spec-z; flagged galaxies included and counted.
+    ``slices``: the same (n, bias, NMAD, outlier fraction) in spec-z slices with these edges,
+    to show where the outliers come from."""
     from scipy import stats
 
     zs = np.asarray(t["z_spec"], float)
     zp = np.asarray(t["z_median"], float)
     ok = np.isfinite(zs) & np.isfinite(zp)
-    dz = (zp[ok] - zs[ok]) / (1 + zs[ok])
+    zs = zs[ok]
+    dz = (zp[ok] - zs) / (1 + zs)
     pit = np.asarray(t["pit"], float)[ok]
     h, _ = np.histogram(pit, np.linspace(0, 1, pit_bins + 1))
     h = h / h.mean()
-    return dict(n=int(ok.sum()), bias=float(np.median(dz)), nmad=float(1.48 * np.median(np.abs(dz - np.median(dz)))),
-                outlier_fraction=float(np.mean(np.abs(dz) > outlier)), pit_hist=h.tolist(),
+
+    def stats_of(d):
+        return dict(n=int(d.size), bias=float(np.median(d)) if d.size else float("nan"),
+                    nmad=float(1.48 * np.median(np.abs(d - np.median(d)))) if d.size else float("nan"),
+                    outlier_fraction=float(np.mean(np.abs(d) > outlier)) if d.size else float("nan"))
+
+    per_slice = [dict(z_lo=float(lo), z_hi=float(hi) if np.isfinite(hi) else None, **stats_of(dz[(zs >= lo) & (zs < hi)]))
+                 for lo, hi in zip(slices[:-1], slices[1:])]
+    return dict(**stats_of(dz), pit_hist=h.tolist(),
                 pit_max_departure=float(np.max(np.abs(h - 1))), pit_ks=float(stats.kstest(pit, "uniform").statistic),
-                n_flagged=int(np.sum(np.asarray(t["flag"], bool))))
+                n_flagged=int(np.sum(np.asarray(t["flag"], bool))), slices=per_slice)
 
 
 def posterior_catalog(run, catalog=None, out=None, *, prior: str = "population", n_bank: int = 200_000, floor: float = 0.03,

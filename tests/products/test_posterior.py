@@ -35,6 +35,9 @@ def test_galaxies_from_a_narrow_population_are_covered(fwd):
     assert np.median(t["ess"]) > 50 and np.mean(t["flag"]) <= 0.05
     m = photoz_metrics(t)
     assert m["n"] == 60 and abs(m["bias"]) < 0.01
+    # the spec-z slices partition the galaxies and reproduce the whole's outliers
+    assert sum(sl["n"] for sl in m["slices"]) == 60
+    assert sum(sl["n"] * sl["outlier_fraction"] for sl in m["slices"] if sl["n"]) == pytest.approx(60 * m["outlier_fraction"])
 
 
 def test_ten_times_brighter_is_one_dex_more_massive_and_nan_bands_are_ignored(fwd):
@@ -118,3 +121,24 @@ def test_a_bank_s_log_prior_weighs_its_draws(fwd):
     assert np.all(np.asarray(a["z_p84"]) <= 0.12 + 1e-9)
     c = galaxy_posteriors(cat, dict(bank, log_prior=np.full(4000, -3.0)), progress=False)
     np.testing.assert_allclose(np.asarray(c["z_median"]), np.asarray(galaxy_posteriors(cat, bank, progress=False)["z_median"]))
+
+
+def test_the_map_is_the_draw_of_highest_posterior_density(fwd):
+    """With the prior's density in the bank, a galaxy without usable bands has its MAP at the
+    prior's mode (the likelihood is flat); a well-measured one near its truth."""
+    rng = np.random.default_rng(2)
+    pop = np.tile(BASE, (20000, 1))
+    pop[:, 1] = 10.5 + 0.3 * rng.standard_normal(pop.shape[0])  # the mass ~ N(10.5, 0.3), the rest fixed
+    bank = bank_from_theta(fwd, pop, "test", 0.3)
+    bank["log_q"] = -0.5 * ((pop[:, 1] - 10.5) / 0.3) ** 2
+    truth = BASE.copy()
+    truth[1] = 11.0
+    f = compute_fluxes(fwd, np.stack([BASE, truth]))
+    cat = Catalog(f, 0.01 * f, fwd.bands)
+    cat.flux[0] = np.nan  # galaxy 0: no band usable (set after construction, which would refuse it)
+    t = galaxy_posteriors(cat, bank, floor=0.0, progress=False)
+    assert t.meta["MAPDEF"] == "posterior density"
+    lm_surv = bank["logM_surviving"]
+    assert t["logM_surviving_map"][0] == pytest.approx(lm_surv[np.argmin(np.abs(pop[:, 1] - 10.5))])
+    near = lm_surv[np.argmin(np.abs(pop[:, 1] - 11.0))]
+    assert t["logM_surviving_map"][1] == pytest.approx(near, abs=0.02)

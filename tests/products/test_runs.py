@@ -148,6 +148,7 @@ def test_run_fit_end_to_end_tiny(tmp_path):
     gal, metrics = posterior.posterior_catalog(tmp_path / "run", n_bank=3000, refine=0, progress=False)
     assert gal.meta["BANDS"] == ",".join(f"sdss2001-{b}" for b in "ugriz") and len(gal) > 9000
     assert np.all(np.isfinite(gal["z_median"])) and metrics is not None
+    assert gal.meta["MAPDEF"] == "posterior density"  # the bank carries the population's density
 
 
 def test_large_posterior_banks_are_drawn_from_the_flow_in_chunks(monkeypatch):
@@ -168,6 +169,26 @@ def test_large_posterior_banks_are_drawn_from_the_flow_in_chunks(monkeypatch):
     many = posterior._draw_in_chunks(draw, params, key, 300, fc)
     assert many.shape == (300, 11) and np.unique(many[:, 0]).size == 300
     np.testing.assert_array_equal(many[:128], np.asarray(draw(params, jax.random.fold_in(key, 0), 128, fc)))
+
+
+def test_the_pooled_population_density_is_the_members_mixture():
+    """An ensemble of two copies of one flow has that flow's density (the 1/K normalisation); of
+    two different flows, the mean of their densities."""
+    import jax
+
+    from popsed_jax.inference import flows
+    from popsed_jax.products import posterior
+
+    fc = fitlib.flow_config(FitConfig(**TINY))
+    a, b = (flows.init_flow(jax.random.PRNGKey(s), fc) for s in (0, 1))
+    # a trained-looking flow: perturb the (identity-at-start) output layers
+    b = jax.tree_util.tree_map(lambda x: x + 0.3 * jax.random.normal(jax.random.PRNGKey(2), x.shape), b)
+    theta = np.asarray(flows.sample_flow(b, jax.random.PRNGKey(3), 500, fc))
+    la, lb = (np.asarray(flows.log_prob_flow(p, theta, fc), np.float64) for p in (a, b))
+    assert np.max(np.abs(la - lb)) > 0.1  # the two flows differ
+    stack = lambda *ps: jax.tree_util.tree_map(lambda *x: np.stack(x), *ps)  # noqa: E731
+    np.testing.assert_allclose(posterior._pooled_log_density(stack(b, b), theta, fc), lb, atol=1e-4)
+    np.testing.assert_allclose(posterior._pooled_log_density(stack(a, b), theta, fc), np.logaddexp(la, lb) - np.log(2), atol=1e-4)
 
 
 def test_old_run_config_reads_as_it_was_fitted(tmp_path):
