@@ -393,14 +393,16 @@ def _ml_fraction_below(cfg, z_cut, frac_low, steps=500):
 
 def test_volume_flow_reaches_the_lowest_redshifts():
     """With the volume reference, z = 0.0165 sits at Phi^-1(F) = -4 in Gaussian space: a spline
-    range of [-4, 4] (the fit's default) can put at most Phi(-4) = 3e-5 of the population below
-    it, whatever it learns (the SDSS fits of 2026-12-06 had 0.02% of their draws there against
-    0.4% of the catalog). ``flow_tail_bound = 5`` covers the whole box, and a population with 10%
-    of its galaxies at z < 0.015 is then learnt."""
+    range of [-4, 4] can put at most Phi(-4) = 3e-5 of the population below
+    it, whatever it learns (the SDSS fits of 2026-12-06, with B = 4 the fit's default then, had
+    0.02% of their draws there against 0.4% of the catalog). ``flow_tail_bound = 5`` (the fit's
+    default since 2026-12-07) covers the whole box, and a population with 10% of its galaxies at
+    z < 0.015 is then learnt."""
     from popsed_jax.inference.config import FitConfig
     from popsed_jax.inference.fit import flow_config
 
-    fc = flow_config(FitConfig(flow_tail_bound=5.0))
+    fc = flow_config(FitConfig())
+    assert fc.tail_bound == 5.0
     zq = np.array([0.0055, 0.01, 0.0165, 0.3, 0.599])
     th = np.zeros((5, fc.dim), np.float32)
     th[:, 0] = zq
