@@ -11,7 +11,8 @@ all galaxies; w_ij is proportional to L_i(theta_j), so the weights of all galaxi
 (galaxies x bank) matrix of chi^2 = a_i - 2 (f_i / s_i^2) . F_j + (1 / s_i^2) . F_j^2, computed
 in chunks with two matrix products. Each galaxy keeps its ``top_k`` heaviest bank samples
 (at least 2,000, and 1% of the bank; their weight fraction ``captured`` is reported, and a
-galaxy is flagged when they hold less than ``min_captured``) for quantiles, the MAP and p(z). The effective sample
+galaxy is flagged when they hold less than ``min_captured``) for quantiles and p(z); the MAP is the
+draw of the whole bank with the highest posterior density (the bank's ``log_q`` + log weight). The effective sample
 size ESS = (sum w)^2 / sum w^2 says whether the bank resolves the posterior; a galaxy is
 flagged when ESS < ``min_ess`` or when its best chi^2 is improbable under the likelihood
 (p < ``chi2_p``: an outlier for follow-up). Bands with a non-finite flux or error, or error
