@@ -218,7 +218,7 @@ def galaxy_posteriors(catalog, bank: dict, *, floor: float = 0.03, top_k: int | 
         captured[sl] = w.sum(1) / sw
         w /= w.sum(1, keepdims=True)
         chi2_best[sl] = cmin
-        best = idx[np.arange(idx.shape[0]), np.argmax(w, 1)] if log_q is None else np.argmax(logw + log_q[None, :], 1)
+        best = np.argmax(logw if log_q is None else logw + log_q[None, :], 1)  # over the whole bank
         for q in QUANTITIES:
             x = bank[q][idx]
             p16, p50, p84 = _weighted_quantiles(x, w, (0.16, 0.5, 0.84))
@@ -276,9 +276,10 @@ def photoz_metrics(t, outlier: float = 0.05, pit_bins: int = 10, slices=PHOTOZ_S
     h = h / h.mean()
 
     def stats_of(d):
-        return dict(n=int(d.size), bias=float(np.median(d)) if d.size else float("nan"),
-                    nmad=float(1.48 * np.median(np.abs(d - np.median(d)))) if d.size else float("nan"),
-                    outlier_fraction=float(np.mean(np.abs(d) > outlier)) if d.size else float("nan"))
+        if not d.size:
+            return dict(n=0, bias=float("nan"), nmad=float("nan"), outlier_fraction=float("nan"))
+        return dict(n=int(d.size), bias=float(np.median(d)), nmad=float(1.48 * np.median(np.abs(d - np.median(d)))),
+                    outlier_fraction=float(np.mean(np.abs(d) > outlier)))
 
     per_slice = [dict(z_lo=float(lo), z_hi=float(hi) if np.isfinite(hi) else None, **stats_of(dz[(zs >= lo) & (zs < hi)]))
                  for lo, hi in zip(slices[:-1], slices[1:])]
