@@ -53,7 +53,7 @@ def main(argv=None):
         cfg = dataclasses.replace(cfg, n_sim=a.n_sim, batch_obs=a.n_sim)
     ctx = fitlib.prepare(load_catalog(a.catalog), cfg)
     st = ctx.statics
-    model, obs = st
+    model, obs = st[:2]
     key = jax.random.PRNGKey(0)
     params = flows.init_flow(key, ctx.flow_cfg)
     n = cfg.n_sim

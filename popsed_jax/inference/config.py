@@ -89,6 +89,11 @@ class FitConfig:
                    "training loss: 'auto' (sliced W2 on CPU, the debiased Sinkhorn divergence through ott-jax on GPU/TPU), "
                    "'sliced' (sliced W2) or 'sinkhorn' (annealed blur, this package's solver)",
                    _one_of("auto", "sliced", "sinkhorn"))
+    oversample: int = _f(1, "Optimisation",
+                         "flow draws per simulated galaxy: a step draws oversample x n_sim points from the flow "
+                         "(no gradients), screens them with an exact bound on their limit-band flux, and forward-models "
+                         "n_sim of them, mostly where the survey can see (1: no screen; "
+                         "popsed_jax.inference.visible_draws)", _int_at_least(1))
     n_projections: int = _f(128, "Optimisation", "random directions per step of the sliced loss", _int_at_least(1))
     blur: tuple = _f(((0.0, 0.5), (0.35, 0.1), (0.75, 0.03), (1.0, 0.02)), "Annealing schedules",
                      "Sinkhorn blur schedule (fraction of training: epsilon)", _blur)

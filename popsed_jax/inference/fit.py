@@ -48,6 +48,7 @@ from . import loss as loss_mod
 from .config import FitConfig
 from .distributed import to_host
 from .prior import log_prior_ratio, ssfr_reference_table, ur_band_indices
+from .visible_draws import make_screen, screen_visible, stratified_pick
 
 __all__ = [
     "FitProblem", "FitState", "prepare", "init", "make_step", "make_optimizer", "validate",
@@ -111,6 +112,7 @@ class FitProblem:
     loss_fn: Any
     val_loss_fn: Any
     prior_table: Any = None  # the "physical" prior's reference sSFR table (prior.ssfr_reference_table), else None
+    screen: Any = None  # visible_draws.VisibleScreen of the limits when cfg.oversample > 1, else None
 
     @property
     def bands(self) -> tuple:
@@ -124,7 +126,7 @@ class FitProblem:
     def statics(self):
         """The arrays the jitted functions read (forward model, observation): passed as
         arguments, never closed over (XLA would constant-fold them)."""
-        return (self.model, self.observation)
+        return (self.model, self.observation, self.screen)
 
     @functools.cached_property
     def _validator(self):
@@ -216,8 +218,9 @@ def prepare(cat: Catalog, cfg: FitConfig, noise_model: NoiseModel | None = None,
     table = ssfr_reference_table(model, fc.lo, fc.hi) if cfg.prior == "physical" else None
     if cfg.prior == "mzr+smf-colour":
         ur_band_indices(model.bands)  # refuse now, not inside the first jitted step
+    screen = make_screen(model, observation) if cfg.oversample > 1 else None
     return FitProblem(cfg, model, observation, fc, std(feats[tr]), std(feats[va]),
-                      make_loss_fn(tl["kind"], cfg.n_projections, tl["solver"]), make_loss_fn(cfg.val_loss), table)
+                      make_loss_fn(tl["kind"], cfg.n_projections, tl["solver"]), make_loss_fn(cfg.val_loss), table, screen)
 
 
 # ----------------------------------------------------------------------------------------
@@ -236,22 +239,27 @@ def simulate_members(problem: FitProblem, st, params, keys, n: int, noise_scale=
     selection) take all K n samples as one batch: under ``vmap`` XLA's CPU backward pass of
     the forward model was measured 1.9x slower than the same call unbatched, even for K = 1.
     """
-    model, obs = st
+    model, obs, screen = st
     ks = jax.vmap(jax.random.split)(keys)
-    theta, log_ratio = jax.vmap(flows.sample_and_log_ratio, in_axes=(0, 0, None, None))(params, ks[:, 0], n, problem.flow_cfg)
+    cfg = problem.cfg
+    if screen is None:
+        theta, log_ratio = jax.vmap(flows.sample_and_log_ratio, in_axes=(0, 0, None, None))(params, ks[:, 0], n, problem.flow_cfg)
+        kl_w = None
+    else:
+        theta, log_ratio, kl_w = _visible_draws(problem, model, screen, params, ks[:, 0], n)
     k = theta.shape[0]
     # on CPU one member's n samples at a time (lax.map) stay in cache; accelerators take all K n at once
     chunk = n if jax.default_backend() == "cpu" else None
-    cfg = problem.cfg
     colour = cfg.prior == "mzr+smf-colour"  # its rest-frame colours come from the same spectra
     out = forward.forward_fluxes(model, theta.reshape(k * n, -1), chunk_size=chunk, with_rest=colour)
     flux, rest = out if colour else (out, None)
     flux = flux.reshape(k, n, -1)
-    kl = jnp.mean(log_ratio, axis=-1)
+    mean = (lambda v: jnp.mean(v, axis=-1)) if kl_w is None else (lambda v: jnp.sum(kl_w * v, axis=-1))  # noqa: E731
+    kl = mean(log_ratio)
     if cfg.prior != "flat":  # KL(q || prior) = KL(q || p_ref) - E_q[log(prior / p_ref)]
-        kl = kl - jnp.mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi, model,
-                                           problem.prior_table, None if rest is None else rest.reshape(k, n, -1),
-                                           cfg.mass_function), axis=-1)
+        kl = kl - mean(log_prior_ratio(theta, cfg.prior, problem.flow_cfg.lo, problem.flow_cfg.hi, model,
+                                       problem.prior_table, None if rest is None else rest.reshape(k, n, -1),
+                                       cfg.mass_function))
     noisy, _ = jax.vmap(lambda f, kk: noisy_fluxes(obs, f, kk, noise_scale))(flux, ks[:, 1])
     flat = noisy.reshape(k * n, -1)
     feats = features(obs, flat).reshape(k, n, -1)
@@ -260,6 +268,23 @@ def simulate_members(problem: FitProblem, st, params, keys, n: int, noise_scale=
     # seen in short fits) keeps finite gradients instead of overflowing w / sum(w)
     w = None if logw is None else jax.nn.softmax(logw.reshape(k, n), axis=-1)
     return theta, feats, w, noisy, kl
+
+
+def _visible_draws(problem: FitProblem, model, screen, params, keys, n: int):
+    """n draws per member chosen from oversample x n draws, mostly where the survey can see
+    (``visible_draws``): theta (K, n, 11), log(q / p_ref) (K, n) and the draws' weights in the
+    stratified KL estimate (K, n). Only the chosen draws carry gradients."""
+    fc = problem.flow_cfg
+    m = n * problem.cfg.oversample
+    base = jax.vmap(lambda kk: jax.random.normal(kk, (m, fc.dim), flows._dtype(params)))(keys)
+    frozen = jax.lax.stop_gradient(params)
+    theta_all = jax.vmap(lambda p, zz: flows.push_and_log_ratio(p, zz, fc)[0])(frozen, base)
+    k = theta_all.shape[0]
+    visible = screen_visible(model, screen, theta_all.reshape(k * m, -1)).reshape(k, m)
+    idx, kl_w = jax.vmap(stratified_pick, in_axes=(0, None))(visible, n)
+    chosen = jnp.take_along_axis(base, idx[..., None], axis=1)
+    theta, log_ratio = jax.vmap(flows.push_and_log_ratio, in_axes=(0, 0, None))(params, chosen, fc)
+    return theta, log_ratio, kl_w
 
 
 # largest validation split (galaxies): the validation Sinkhorn divergence holds dense
@@ -280,9 +305,11 @@ def minibatch_index(key, n: int, b: int):
 
 
 def _members_loss(problem: FitProblem, st, params, keys, obs_all, eps, noise_scale):
-    """Per-member training loss (K,) and aux, for stacked params and keys (K, 2): each member
-    gets its own samples, observed minibatch and loss key; the members are independent, so
-    the gradient of the sum is each member's own gradient."""
+    """Per-member training loss (K,), aux and the effective number of simulated draws (K,), for
+    stacked params and keys (K, 2): each member gets its own samples, observed minibatch and loss
+    key; the members are independent, so the gradient of the sum is each member's own gradient.
+    The effective number is (sum w)^2 / sum w^2 of the selection weights (n_sim without a limit):
+    how many selected draws carry the step's loss."""
     cfg = problem.cfg
     ks = jax.vmap(lambda kk: jax.random.split(kk, 3))(keys)
     theta, feats, w, _, kl = simulate_members(problem, st, params, ks[:, 0], cfg.n_sim, noise_scale)
@@ -294,7 +321,8 @@ def _members_loss(problem: FitProblem, st, params, keys, obs_all, eps, noise_sca
     val, aux = jax.vmap(one, in_axes=(0, 0, 0, None if w is None else 0))(feats, obs_all[idx], ks[:, 2], w)
     if cfg.kl_weight > 0:
         val = val + cfg.kl_weight * kl
-    return val, aux
+    ess = jnp.full(val.shape, float(cfg.n_sim)) if w is None else 1.0 / jnp.sum(jax.lax.stop_gradient(w) ** 2, axis=-1)
+    return val, aux, ess
 
 
 def make_optimizer(cfg: FitConfig):
@@ -304,19 +332,19 @@ def make_optimizer(cfg: FitConfig):
 
 def _core_step(problem: FitProblem, tx, mesh=None):
     """The jitted ensemble update: (params[K], opt_state[K], keys[K], statics, obs, eps, noise)
-    -> (params, opt_state, losses (K,), grad norms (K,), converged (K,))."""
+    -> (params, opt_state, losses (K,), grad norms (K,), converged (K,), effective draws (K,))."""
 
     def vstep(params, opt_state, keys, st, obs_all, eps, noise_scale):
         def total(p):
-            val, aux = _members_loss(problem, st, p, keys, obs_all, eps, noise_scale)
-            return jnp.sum(val), (val, aux)
+            val, aux, ess = _members_loss(problem, st, p, keys, obs_all, eps, noise_scale)
+            return jnp.sum(val), (val, aux, ess)
 
-        (_, (val, aux)), grads = jax.value_and_grad(total, has_aux=True)(params)
+        (_, (val, aux, ess)), grads = jax.value_and_grad(total, has_aux=True)(params)
         gnorm = jax.vmap(optax.global_norm)(grads)
         updates, opt_state = jax.vmap(tx.update)(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         conv = jnp.broadcast_to(jnp.asarray(aux.get("converged", True)), val.shape) if isinstance(aux, dict) else jnp.ones(val.shape, bool)
-        return params, opt_state, val, gnorm, conv
+        return params, opt_state, val, gnorm, conv, ess
 
     if mesh is None:
         return jax.jit(vstep)
@@ -353,8 +381,8 @@ def init(problem: FitProblem) -> FitState:
 def make_step(problem: FitProblem, mesh=None):
     """-> step(state) -> (new state, metrics): one optimisation step of every member.
 
-    metrics: loss (K,), grad_norm (K,), converged (K,) as numpy, and the schedule values
-    epsilon and noise_scale of the step. The function has no side effects: the caller decides
+    metrics: loss (K,), grad_norm (K,), converged (K,), ess (K,: the effective number of selected
+    draws, ``_members_loss``) as numpy, and the schedule values epsilon and noise_scale of the step. The function has no side effects: the caller decides
     whether to accept the new state (e.g. after checking the metrics for NaN)."""
     cfg = problem.cfg
     core = _core_step(problem, make_optimizer(cfg), mesh)
@@ -363,11 +391,11 @@ def make_step(problem: FitProblem, mesh=None):
         i = int(state.step)
         eps, ns = epsilon_at(cfg, i), noise_scale_at(cfg, i)
         keys = member_keys(state.key, cfg.members, i)
-        params, opt_state, loss_v, gnorm, conv = core(state.params, state.opt_state, keys, problem.statics, problem.obs_train,
+        params, opt_state, loss_v, gnorm, conv, ess = core(state.params, state.opt_state, keys, problem.statics, problem.obs_train,
                                                       jnp.float32(eps), jnp.float32(ns))
         # members spread over several processes are gathered, so every process sees all of them
-        loss_v, gnorm, conv = to_host((loss_v, gnorm, conv))
-        metrics = {"loss": loss_v, "grad_norm": gnorm, "converged": conv, "epsilon": eps, "noise_scale": ns}
+        loss_v, gnorm, conv, ess = to_host((loss_v, gnorm, conv, ess))
+        metrics = {"loss": loss_v, "grad_norm": gnorm, "converged": conv, "ess": ess, "epsilon": eps, "noise_scale": ns}
         return FitState(params, opt_state, i + 1, state.key), metrics
 
     return step

@@ -415,7 +415,11 @@ def _dtype(params):
 def sample_and_log_ratio(params, key, n: int, config: FlowConfig):
     """n draws theta ~ q_phi, shape (n, dim), and log(q_phi / p_ref)(theta), shape (n,), p_ref the
     reference density (:func:`log_reference_density`): its mean is a Monte-Carlo KL(q_phi || p_ref)."""
-    z = jax.random.normal(key, (n, config.dim), _dtype(params))
+    return push_and_log_ratio(params, jax.random.normal(key, (n, config.dim), _dtype(params)), config)
+
+
+def push_and_log_ratio(params, z, config: FlowConfig):
+    """The draws theta (n, dim) of base points z (n, dim) ~ N(0, I) and log(q_phi / p_ref)(theta) (n,)."""
     y, logdet = flow_forward(params, z, config)
     return _gauss_to_box(y, config), jnp.sum(_log_phi(z), -1) - logdet - jnp.sum(_log_phi(y), -1)
 
@@ -453,6 +457,6 @@ def sample_ensemble(params, key, n: int, config: FlowConfig):
 
 __all__ = [
     "FlowConfig", "popsed_config", "coupling_masks", "init_flow", "init_ensemble", "n_params",
-    "flow_forward", "flow_inverse", "make_bijector", "sample_flow", "sample_and_log_prob", "sample_and_log_ratio",
+    "flow_forward", "flow_inverse", "make_bijector", "sample_flow", "sample_and_log_prob", "sample_and_log_ratio", "push_and_log_ratio",
     "log_reference_density", "volume_table", "log_prob_flow", "sample_ensemble",
 ]

@@ -37,7 +37,7 @@ __all__ = ["train", "run_fit", "write_products", "evaluate_run", "catalog_identi
            "CORNER_NAMES"]
 
 CORNER_NAMES = ("z", "logM", "logZ", "tau2", "log_sfr_100myr", "age_mw")
-_HISTORY_KEYS = ("step", "loss", "epsilon", "noise_scale", "grad_norm", "converged", "val_step", "val", "seconds")
+_HISTORY_KEYS = ("step", "loss", "epsilon", "noise_scale", "grad_norm", "converged", "ess", "val_step", "val", "seconds")
 
 
 def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool = True, fail_at: int | None = None,
@@ -72,6 +72,8 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
         ck = folder.load_latest_checkpoint(state.params, state.opt_state)
         if ck is not None:
             params, opt_state, start, history = ck
+            for k in _HISTORY_KEYS:  # checkpoints written before a key existed
+                history.setdefault(k, [])
             state = state._replace(params=params, opt_state=opt_state, step=start)
     mesh = fitlib.ensemble_mesh(cfg.members) if shard is not False or multi else None
     if multi:
@@ -128,8 +130,10 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
             history["noise_scale"].append(ns)
             history["grad_norm"].append(gnorm.tolist())
             history["converged"].append(m["converged"].tolist())
+            history["ess"].append(np.round(m["ess"], 1).tolist())
             history["seconds"].append(time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{float(np.mean(loss_v)):.4f}", blur=f"{eps:.3g}", noise=f"{ns:.2f}")
+            bar.set_postfix(loss=f"{float(np.mean(loss_v)):.4f}", blur=f"{eps:.3g}", noise=f"{ns:.2f}",
+                            ess=f"{float(np.min(m['ess'])):.0f}")
             done = i + 1
             if done % cfg.val_every == 0 or done == cfg.steps:
                 history["val_step"].append(done)
@@ -156,6 +160,8 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
         "steps": cfg.steps, "members": cfg.members, "epsilon_final": eps_final,
         "val_divergence": val.tolist(), "data_floor": floor, "val_over_floor": ratio.tolist(),
         "flagged_members": flagged, "seconds": time.perf_counter() - t0,
+        # effective number of selected draws per step (median over the last 10% of steps, per member)
+        "ess_final": _tail_median(history["ess"], cfg.steps),
         "devices": len(jax.devices()), "processes": jax.process_count(),
         "devices_per_process": dist.layout()["devices_per_process"], "sharded": mesh is not None,
         "training_loss": fitlib.training_loss(cfg),
@@ -165,6 +171,12 @@ def train(problem: fitlib.FitProblem, run, resume: bool = False, progress: bool 
         folder.write_json("summary", summary)
         folder.write_json("history", history, indent=None)
     return {"summary": summary, "params": params, "history": history}
+
+
+def _tail_median(rows, steps: int):
+    """Median over the last 10% of the steps of per-step, per-member rows, (K,) list (None if none)."""
+    tail = rows[-max(steps // 10, 1):]
+    return np.median(np.asarray(tail, float), axis=0).round(1).tolist() if tail else None
 
 
 class _StopOnSignals:
