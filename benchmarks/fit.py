@@ -70,7 +70,7 @@ def main(argv=None):
 
     t_noise = best_time(jax.jit(jax.grad(nsf)), flux, obs, repeat=a.repeat)
     one = jax.tree_util.tree_map(lambda v: v[None], params)
-    _, x, w, _, _ = fitlib.simulate_members(ctx, st, one, key[None], n)
+    _, x, w, _, _, _ = fitlib.simulate_members(ctx, st, one, key[None], n)
     x, w = x[0], w[0]
     y = ctx.obs_train[:cfg.batch_obs]
     t_loss = best_time(jax.jit(jax.grad(lambda xx, yy, ww: ctx.loss_fn(xx, yy, eps, key, a=ww)[0], argnums=(0, 2))), x, y, w, repeat=a.repeat)

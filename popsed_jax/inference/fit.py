@@ -136,7 +136,7 @@ class FitProblem:
     def _validate_members(self):
         def members(params, st, obs_val, eps, key):
             keys = jnp.broadcast_to(key, (jax.tree_util.tree_leaves(params)[0].shape[0],) + key.shape)
-            _, feats, w, _, _ = simulate_members(self, st, params, keys, self.cfg.n_val, 1.0)
+            _, feats, w, _, _, _ = simulate_members(self, st, params, keys, self.cfg.n_val, 1.0)
             one = lambda x, ww: self.val_loss_fn(x, obs_val, eps, key, a=ww)[0]  # noqa: E731
             return jax.vmap(one, in_axes=(0, None if w is None else 0))(feats, w)
 
@@ -231,7 +231,8 @@ def simulate_members(problem: FitProblem, st, params, keys, n: int, noise_scale=
 
     st = problem.statics; params stacked (leading axis K); keys (K, 2). Returns theta
     (K, n, 11), features (K, n, D), selection weights (K, n) (each member's sum to 1) or None,
-    noisy fluxes (K, n, B) and the Monte-Carlo KL(q_phi || prior) per member (K,), the prior
+    noisy fluxes (K, n, B), the Monte-Carlo KL(q_phi || prior) per member (K,) and the log of
+    the population's mean soft selection probability per member (K,; 0 without a limit), the prior
     being ``problem.cfg.prior`` (KL(q || p_ref) - E_q[log(prior / p_ref)]; the colour-typed
     prior's rest-frame colours come from the forward model's own spectra).
 
@@ -267,7 +268,12 @@ def simulate_members(problem: FitProblem, st, params, keys, n: int, noise_scale=
     # normalised in log space: a population entirely below the limit (all weights ~1e-26,
     # seen in short fits) keeps finite gradients instead of overflowing w / sum(w)
     w = None if logw is None else jax.nn.softmax(logw.reshape(k, n), axis=-1)
-    return theta, feats, w, noisy, kl
+    if logw is None:
+        log_psel = jnp.zeros(k, flat.dtype)
+    else:  # E_q[P(sel)]: the plain mean, or the stratified one of oversampled draws
+        lw = logw.reshape(k, n) + (-jnp.log(float(n)) if kl_w is None else jnp.log(jnp.maximum(kl_w, 1e-30)))
+        log_psel = jax.scipy.special.logsumexp(lw, axis=-1)
+    return theta, feats, w, noisy, kl, log_psel
 
 
 def _visible_draws(problem: FitProblem, model, screen, params, keys, n: int):
@@ -312,7 +318,7 @@ def _members_loss(problem: FitProblem, st, params, keys, obs_all, eps, noise_sca
     how many selected draws carry the step's loss."""
     cfg = problem.cfg
     ks = jax.vmap(lambda kk: jax.random.split(kk, 3))(keys)
-    theta, feats, w, _, kl = simulate_members(problem, st, params, ks[:, 0], cfg.n_sim, noise_scale)
+    theta, feats, w, _, kl, log_psel = simulate_members(problem, st, params, ks[:, 0], cfg.n_sim, noise_scale)
     idx = jax.vmap(lambda kk: minibatch_index(kk, obs_all.shape[0], cfg.batch_obs))(ks[:, 1])
 
     def one(x, y, kk, ww):
@@ -321,6 +327,8 @@ def _members_loss(problem: FitProblem, st, params, keys, obs_all, eps, noise_sca
     val, aux = jax.vmap(one, in_axes=(0, 0, 0, None if w is None else 0))(feats, obs_all[idx], ks[:, 2], w)
     if cfg.kl_weight > 0:
         val = val + cfg.kl_weight * kl
+    if cfg.min_selected_fraction > 0:  # the loss is blind to how much of q is selectable: keep enough selected draws
+        val = val + jnp.square(jax.nn.relu(math.log(cfg.min_selected_fraction) - log_psel))
     ess = jnp.full(val.shape, float(cfg.n_sim)) if w is None else 1.0 / jnp.sum(jax.lax.stop_gradient(w) ** 2, axis=-1)
     return val, aux, ess
 

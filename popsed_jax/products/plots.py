@@ -28,7 +28,9 @@ def _plt():
 
 def plot_loss_curves(history: dict, path, floor: float | None = None):
     plt = _plt()
-    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    ess = history.get("ess") or []
+    has_ess = len(ess) == len(history["step"]) and len(ess) > 0  # runs before 2026-12-07 have none
+    fig, ax = plt.subplots(1, 3 if has_ess else 2, figsize=(16 if has_ess else 11, 3.8))
     steps = np.asarray(history["step"])
     loss = np.asarray(history["loss"])  # (n_steps, K)
     for m in range(loss.shape[1]):
@@ -47,6 +49,12 @@ def plot_loss_curves(history: dict, path, floor: float | None = None):
             ax[1].axhline(floor, color="k", ls="--", label="data-vs-data floor (final blur)")
             ax[1].legend(fontsize=8)
     ax[1].set(yscale="log", xlabel="step", ylabel="validation divergence", title="held-out validation (real noise)")
+    if has_ess:  # few selected draws per step make the loss, and so the gradient, noisy
+        e = np.asarray(ess, float)
+        for m in range(e.shape[1]):
+            ax[2].plot(steps, e[:, m], lw=0.6)
+        ax[2].set(yscale="log", xlabel="step", ylabel="(sum w)$^2$ / sum w$^2$",
+                  title="effective selected draws per step")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -182,12 +182,13 @@ class RunFolder:
     def read_config(self):
         """The run's FitConfig. Keys that runs written before them lack are read as those runs
         were fitted: no nebular emission, the flat prior, the box's logZ range of then, the
-        Baldry+12 mass function, the flow's spline range of +-4, BC03's own spectra."""
+        Baldry+12 mass function, the flow's spline range of +-4, BC03's own spectra, no floor on
+        the selected fraction."""
         from ..inference.config import FitConfig
 
         d = self.read_json("config")
         for key, then in (("nebular", False), ("prior", "flat"), ("logz_range", (-2.6, 0.3)), ("mass_function", "baldry12"),
-                          ("flow_tail_bound", 4.0), ("ssp_library", "bc03")):
+                          ("flow_tail_bound", 4.0), ("ssp_library", "bc03"), ("min_selected_fraction", 0.0)):
             d.setdefault(key, then)
         return FitConfig.from_dict(d, source=str(self["config"]))
 

@@ -68,3 +68,26 @@ def test_kl_term_adds_weighted_kl_of_the_same_samples(sdss):
         assert float(v1 - v0) == pytest.approx(0.25 * kl, rel=1e-4, abs=1e-6)
         assert (abs(kl) < 1e-4) if expect_zero else (kl > 1e-3)
     assert ctx0.flow_cfg.z_volume  # the default reference is uniform in comoving volume
+
+
+def test_selected_fraction_floor_adds_its_squared_log_deficit(sdss):
+    """The floor term is (log floor - log mean P(sel))^2 of the step's own draws when the
+    population's selectable share is below it, and nothing above it."""
+    import dataclasses
+
+    cfg = FitConfig(**TINY)
+    pb = fitlib.prepare(sdss, cfg)
+    state = fitlib.init(pb)
+    keys = fitlib.member_keys(state.key, 1, 0)
+    obs = pb.obs_train
+    base = fitlib._members_loss(pb, pb.statics, state.params, keys, obs, 0.1, 1.0)[0][0]
+    k_sim = jax.vmap(lambda kk: jax.random.split(kk, 3))(keys)[:, 0]
+    _, _, w, noisy, _, log_psel = fitlib.simulate_members(pb, pb.statics, state.params, k_sim, cfg.n_sim, 1.0)
+    from popsed_jax.survey.observation import selection_weights
+    p_mean = float(np.mean(np.asarray(selection_weights(pb.observation, noisy[0]))))
+    assert float(log_psel[0]) == pytest.approx(np.log(p_mean), rel=1e-4)
+    assert 0.01 < p_mean < 0.5  # the starting population: a share of its draws is selectable
+    for floor, expect in ((0.9, (np.log(0.9) - np.log(p_mean)) ** 2), (0.005, 0.0)):
+        pf = dataclasses.replace(pb, cfg=dataclasses.replace(cfg, min_selected_fraction=floor))
+        v = fitlib._members_loss(pf, pf.statics, state.params, keys, obs, 0.1, 1.0)[0][0]
+        assert float(v - base) == pytest.approx(expect, rel=1e-3, abs=1e-6)

@@ -80,7 +80,7 @@ def test_oversampled_step_carries_more_selected_draws(problem):
     keys = fitlib.member_keys(state.key, 1, 0)
     ess = {}
     for name, pb in (("plain", plain), ("screened", problem)):
-        _, feats, w, _, kl = fitlib.simulate_members(pb, pb.statics, state.params, keys, pb.cfg.n_sim)
+        _, feats, w, _, kl, _ = fitlib.simulate_members(pb, pb.statics, state.params, keys, pb.cfg.n_sim)
         assert np.isfinite(np.asarray(feats)).all() and np.isfinite(float(kl[0]))
         ess[name] = 1.0 / float(jnp.sum(w[0] ** 2))
     assert ess["screened"] > 1.5 * ess["plain"]

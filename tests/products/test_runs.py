@@ -202,11 +202,12 @@ def test_old_run_config_reads_as_it_was_fitted(tmp_path):
     folder.write_config(FitConfig(flow_tail_bound=5.0))
     assert folder.read_config().flow_tail_bound == 5.0
     d = json.loads(folder["config"].read_text())
-    for key in ("flow_tail_bound", "mass_function", "prior", "ssp_library"):
+    for key in ("flow_tail_bound", "mass_function", "prior", "ssp_library", "min_selected_fraction"):
         d.pop(key)
     folder["config"].write_text(json.dumps(d))
     old = folder.read_config()
     assert (old.flow_tail_bound, old.mass_function, old.prior, old.ssp_library) == (4.0, "baldry12", "flat", "bc03")
+    assert old.min_selected_fraction == 0.0  # no floor on the selected fraction before 2026-12-07
     assert FitConfig().ssp_library == "bc03"
     assert fitlib.flow_config(old).tail_bound == 4.0
     assert fitlib.flow_config(FitConfig(flow_tail_bound=5.0)).tail_bound == 5.0
