@@ -94,11 +94,12 @@ class FitConfig:
                          "(no gradients), screens them with an exact bound on their limit-band flux, and forward-models "
                          "n_sim of them, mostly where the survey can see (1: no screen; "
                          "popsed_jax.inference.visible_draws)", _int_at_least(1))
-    min_selected_fraction: float = _f(0.0, "Optimisation",
+    min_selected_fraction: float = _f(0.05, "Optimisation",
                                       "floor on the population's mean selection probability: below it the loss gains "
                                       "(log floor - log mean)^2. The loss compares only the selected draws, normalised, so "
                                       "it cannot see how much of the population is selectable, and a fit whose selectable "
-                                      "share drifts to a few draws per step diverges (0: no floor)", _number(0, 1))
+                                      "share drifts to a few draws per step diverges (the physical mock without it, "
+                                      "docs/validation.md; 0: no floor, as before 2026-12-07)", _number(0, 1))
     n_projections: int = _f(128, "Optimisation", "random directions per step of the sliced loss", _int_at_least(1))
     blur: tuple = _f(((0.0, 0.5), (0.35, 0.1), (0.75, 0.03), (1.0, 0.02)), "Annealing schedules",
                      "Sinkhorn blur schedule (fraction of training: epsilon)", _blur)

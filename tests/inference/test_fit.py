@@ -75,7 +75,8 @@ def test_selected_fraction_floor_adds_its_squared_log_deficit(sdss):
     population's selectable share is below it, and nothing above it."""
     import dataclasses
 
-    cfg = FitConfig(**TINY)
+    assert FitConfig().min_selected_fraction == 0.05  # the default since 2026-12-07
+    cfg = FitConfig(**TINY, min_selected_fraction=0.0)
     pb = fitlib.prepare(sdss, cfg)
     state = fitlib.init(pb)
     keys = fitlib.member_keys(state.key, 1, 0)
