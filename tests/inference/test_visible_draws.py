@@ -74,6 +74,7 @@ def test_screen_drops_no_draw_that_could_be_selected(problem):
     assert (logw > np.log(0.5))[keep].sum() > 50  # the kept ones include the selected ones
 
 
+@pytest.mark.slow  # 70 s on 2 cores; oversample is an option, not the default
 def test_oversampled_step_carries_more_selected_draws(problem):
     plain = dataclasses.replace(problem, cfg=dataclasses.replace(problem.cfg, oversample=1), screen=None)
     state = fitlib.init(problem)
