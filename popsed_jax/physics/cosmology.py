@@ -22,7 +22,7 @@ import numpy as np
 from scipy import integrate
 
 __all__ = ["C_KMS", "GYR_KM_S_MPC", "Cosmology", "PLANCK15", "DSPS_PLANCK15", "CosmoTable",
-    "make_cosmo_table", "comoving_distance", "lum_distance", "age_at_z"]
+    "make_cosmo_table", "age_gyr_f64", "comoving_distance", "lum_distance", "age_at_z"]
 
 C_KMS = 299792.458  # speed of light [km/s]
 GYR_KM_S_MPC = 977.7922216807891  # 1/(1 km/s/Mpc) in Gyr
@@ -117,26 +117,48 @@ def make_cosmo_table(cosmo: Cosmology = PLANCK15, z_max: float = 3.0, dz: float 
     return CosmoTable(f(dz_), f(dc), f(ddc), f(age), f(dage))
 
 
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(12)
+
+
+def _piecewise_integrals(f, edges):
+    """Integrals of f over each interval [edges[i], edges[i+1]] by 12-point Gauss-Legendre,
+    vectorised (f takes an array). For the smooth 1/E(z) on steps of 0.005 this is exact to
+    float64 rounding (the error term scales as step^24)."""
+    lo, hi = edges[:-1, None], edges[1:, None]
+    half = 0.5 * (hi - lo)
+    x = lo + half * (_GL_NODES[None, :] + 1.0)
+    return (half * (f(x) * _GL_WEIGHTS[None, :])).sum(-1)
+
+
 @functools.lru_cache(maxsize=16)
 def _cosmo_table_f64(cosmo: Cosmology, z_max: float, dz: float):
     n = int(np.ceil(z_max / dz)) + 2
     z = np.arange(n) * dz
-    # cumulative comoving distance by piecewise quadrature (float64)
-    steps = np.array([integrate.quad(lambda x: 1.0 / cosmo.efunc(x), z[i], z[i + 1], epsabs=0, epsrel=1e-12)[0] for i in range(n - 1)])
-    dc = np.concatenate([[0.0], np.cumsum(steps)]) * C_KMS / cosmo.H0
     ez = cosmo.efunc(z)
+    # cumulative comoving distance and age, interval by interval (float64); the age at the top
+    # of the table is one adaptive quadrature over the scale factor from the Big Bang
+    dc = np.concatenate([[0.0], np.cumsum(_piecewise_integrals(lambda x: 1.0 / cosmo.efunc(x), z))]) * C_KMS / cosmo.H0
+    lookback = _piecewise_integrals(lambda x: 1.0 / ((1.0 + x) * cosmo.efunc(x)), z)
+    age_top = float(cosmo.age(z[-1])[0])
+    age = age_top + np.concatenate([np.cumsum(lookback[::-1])[::-1], [0.0]]) * GYR_KM_S_MPC / cosmo.H0
     ddc = C_KMS / cosmo.H0 / ez
-    age = cosmo.age(z)
     dage = -GYR_KM_S_MPC / cosmo.H0 / ((1.0 + z) * ez)
     for a in (dc, ddc, age, dage):
         a.setflags(write=False)  # shared by every caller: read-only
     return dz, dc, ddc, age, dage
 
 
-def _hermite(x, dx, y, dy):
-    """Cubic Hermite interpolation on a uniform grid starting at 0 with step dx."""
+def age_gyr_f64(z, cosmo: Cosmology = PLANCK15) -> np.ndarray:
+    """Age of the universe [Gyr] at z in [0, 3] (numpy float64), the cubic Hermite interpolation
+    of :func:`make_cosmo_table`'s float64 table (relative error < 1e-8)."""
+    dz, _, _, age, dage = _cosmo_table_f64(cosmo, 3.0, 0.005)
+    return _hermite(np.asarray(z, dtype=float), dz, age, dage, xp=np)
+
+
+def _hermite(x, dx, y, dy, xp=jnp):
+    """Cubic Hermite interpolation on a uniform grid starting at 0 with step dx (xp: jnp or np)."""
     u = x / dx
-    i = jnp.clip(jnp.floor(u).astype(jnp.int32), 0, y.shape[0] - 2)
+    i = xp.clip(xp.floor(u).astype(xp.int32), 0, y.shape[0] - 2)
     t = u - i
     t2, t3 = t * t, t * t * t
     h00 = 2 * t3 - 3 * t2 + 1

@@ -277,17 +277,11 @@ def sample_logz_gallazzi05(logm_surviving, rng, box=LOGZ_BOX):
     return np.clip(p50 + np.where(y < 0, s1, s2) * y, *box)
 
 
-_AGE_TABLE = None
-
-
 def _age_gyr(z):
     """Age of the universe at z [Gyr] (Planck15, the forward model's cosmology), tabulated."""
-    global _AGE_TABLE
-    if _AGE_TABLE is None:
-        from ..physics.cosmology import PLANCK15
-        zg = np.linspace(0.0, 1.5, 301)
-        _AGE_TABLE = (zg, PLANCK15.age(zg))
-    return np.interp(z, *_AGE_TABLE)
+    from ..physics.cosmology import PLANCK15, age_gyr_f64
+
+    return age_gyr_f64(z, PLANCK15)
 
 
 _BASIS_NODES = None

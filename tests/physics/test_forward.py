@@ -50,6 +50,11 @@ def test_cosmology_matches_astropy_planck15(cosmo):
     age = np.asarray(cosmology.age_at_z(jnp.asarray(z), tab))
     np.testing.assert_allclose(dl, Planck15.luminosity_distance(z).value, rtol=1e-5)
     np.testing.assert_allclose(age, Planck15.age(z).value, rtol=1e-5)
+    # the float64 table behind both (interval-wise Gauss-Legendre) and its numpy interpolation
+    np.testing.assert_allclose(cosmology.age_gyr_f64(z, cosmo), Planck15.age(z).value, rtol=1e-6)
+    z64 = np.arange(0, 3.0, 0.005)[::37]
+    np.testing.assert_allclose(cosmology._cosmo_table_f64(cosmo, 3.0, 0.005)[1][::37],
+                               Planck15.comoving_distance(z64).value, rtol=1e-9, atol=1e-9)
 
 
 def test_dsps_flavour_cosmology_matches_astropy_and_dsps():
