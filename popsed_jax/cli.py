@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from .compile_cache import enable_compile_cache
+
+    enable_compile_cache()  # compiled programs are reused from one command to the next
     try:
         args.func(args)
     except FitInterrupted as err:  # Ctrl-C / SIGTERM: checkpointed, resumable

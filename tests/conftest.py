@@ -6,6 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+def pytest_configure(config):
+    """Compiled programs are shared by tests that build the same model and step (XLA compile
+    is a large share of the suite's time on CPU); ``POPSED_JAX_COMPILE_CACHE=0`` turns it off."""
+    from popsed_jax.compile_cache import enable_compile_cache
+
+    enable_compile_cache()
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 NMF_DIR = SHARED / "nmf_sfh"
 
