@@ -156,8 +156,8 @@ def test_visible_sampler_is_the_restricted_prior():
 def test_prescreen_keeps_the_distribution(fwd, sdss):
     """A mock drawn with the exact pre-screens and one drawn everywhere are the same population:
     two-sample KS tests on z, mass, r and g - r, and far fewer forward-model calls."""
-    a = M.draw_mock(1500, seed=21, noise_model=sdss[1], model=fwd, population="physical")
-    b = M.draw_mock(1500, seed=22, noise_model=sdss[1], model=fwd, population="physical", prescreen=False)
+    a = M.draw_mock(800, seed=21, noise_model=sdss[1], model=fwd, population="physical")
+    b = M.draw_mock(800, seed=22, noise_model=sdss[1], model=fwd, population="physical", prescreen=False)
     ma, mb = (json.loads(t.meta["PSMETA"]) for t in (a, b))
     assert ma["n_forward"] < 0.1 * mb["n_forward"], (ma["n_forward"], mb["n_forward"])
     assert 0.1 < ma["visible_fraction"] < 0.6
