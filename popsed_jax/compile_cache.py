@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["enable_compile_cache", "MIN_COMPILE_SECONDS"]
+__all__ = ["enable_compile_cache", "MIN_COMPILE_SECONDS", "MAX_BYTES"]
 
 MIN_COMPILE_SECONDS = 0.5  # programs that compile faster than this are not worth a file
+MAX_BYTES = 1 << 30  # least recently used programs are dropped beyond 1 GiB (the test suite writes ~100 MB)
 
 
 def enable_compile_cache(path: str | os.PathLike | None = None, min_compile_seconds: float = MIN_COMPILE_SECONDS) -> Path | None:
@@ -43,4 +44,5 @@ def enable_compile_cache(path: str | os.PathLike | None = None, min_compile_seco
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return path
