@@ -2,7 +2,7 @@
 
 Every ``popsed-jax`` command compiles the same forward model, flow and loss again. With the
 cache warm, the test suite's tiny end-to-end fit took 74 s of CPU instead of 152 s, and
-``popsed-jax plot`` 39 s instead of 44 s (a 30-minute fit saves its ~half-minute compile). With the cache on, a
+``popsed-jax plot`` 39 s instead of 44 s. With the cache on, a
 compiled program whose HLO, compile options and jax/jaxlib versions match one compiled before is
 read back from disk instead (the key covers all of these, so a code change or an upgrade simply
 misses). The results are the same executables, bit for bit.
